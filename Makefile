@@ -1,0 +1,70 @@
+# The one entry point. `make help` lists every target.
+# Everything a target needs is installed by the target itself: a fresh machine needs
+# only Python 3.11+ and make.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+BIN := $(VENV)/bin
+export UV_PYTHON_DOWNLOADS := never
+
+GATEWAY_PORT ?= 8080
+MOCK_PORT ?= 8081
+
+.PHONY: help
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.synced: $(UV) uv.lock pyproject.toml services/*/pyproject.toml tests/e2e/pyproject.toml
+	$(UV) sync --locked --all-packages
+	touch $@
+
+.PHONY: install
+install: $(VENV)/.synced ## Install uv and the workspace (with dev tools) into .venv
+
+.PHONY: lock
+lock: $(UV) ## Re-resolve uv.lock after changing dependencies
+	$(UV) lock
+
+.PHONY: run
+run: install ## Run the gateway (127.0.0.1:8080) and the mock (127.0.0.1:8081) under gunicorn
+	GATEWAY_PORT=$(GATEWAY_PORT) MOCK_PORT=$(MOCK_PORT) scripts/run-local.sh
+
+.PHONY: fmt
+fmt: install ## Format and auto-fix the code
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+.PHONY: lint
+lint: install ## Static checks: ruff
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+.PHONY: typecheck
+typecheck: install ## mypy, strict on the services
+	$(BIN)/mypy services/servicekit/src services/gateway/src services/downstream-mock/src
+
+.PHONY: unit
+unit: install ## Fast in-process tests of every service
+	$(BIN)/pytest services -q
+
+.PHONY: e2e-local
+e2e-local: install ## tests/e2e against real gunicorn processes on loopback (2 workers each)
+	scripts/e2e-local.sh
+
+.PHONY: test
+test: lint typecheck unit e2e-local ## Everything CI checks
+
+.PHONY: clean
+clean: ## Remove the virtualenv, tool caches and local run state
+	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache run

@@ -1,0 +1,1 @@
+"""The downstream mock: a podinfo-style service to put behind the gateway."""

@@ -1,0 +1,93 @@
+"""The gateway's app factory.
+
+gunicorn -c services/gateway/gunicorn.conf.py 'gateway.app:create_app()'
+uvicorn --factory gateway.app:create_app --reload        # development
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from starlette.middleware import Middleware
+from starlette.responses import Response
+
+from gateway.dispatcher import UPSTREAM_STATE_KEY, ProxyDispatcher
+from gateway.routing import RouteTable, load_route_table
+from gateway.settings import Settings
+from gateway.upstream import UpstreamClient
+from gateway.upstream_aiohttp import AiohttpUpstream
+from gateway.upstream_httpx import HttpxUpstream
+from servicekit.health import HealthState
+from servicekit.problem import ProblemResponse
+from servicekit.service import new_service_app
+from servicekit.settings import load_settings
+
+try:
+    VERSION = version("gateway")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    VERSION = "0.0.0"
+
+
+def create_app(
+    settings: Settings | None = None, *, transport: httpx.AsyncBaseTransport | None = None
+) -> FastAPI:
+    """Build the gateway. Reads the environment only when `settings` is None.
+
+    With `transport`, upstream calls go through an httpx client on that transport (the
+    test seam); without it, through the pooled aiohttp client used in production.
+    """
+    settings = settings or load_settings(Settings)
+    routes = load_route_table(settings.routes_file)
+    health = HealthState()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        upstream: UpstreamClient
+        if transport is not None:
+            upstream = HttpxUpstream(httpx.AsyncClient(transport=transport))
+        else:
+            upstream = AiohttpUpstream(
+                max_connections=settings.upstream_max_connections,
+                keepalive_seconds=settings.upstream_keepalive_seconds,
+            )
+        try:
+            yield {UPSTREAM_STATE_KEY: upstream}
+        finally:
+            health.start_draining()
+            await upstream.aclose()
+
+    app = new_service_app(
+        settings,
+        title="gateway",
+        version=VERSION,
+        description="Routes requests to upstream services by path prefix.",
+        health=health,
+        lifespan=lifespan,
+        inner_middleware=[Middleware(ProxyDispatcher, routes=routes)],
+    )
+    app.add_exception_handler(404, _no_route)
+    _add_index(app, routes)
+    return app
+
+
+async def _no_route(request: Request, exc: Exception) -> Response:
+    return ProblemResponse(404, "no route matches this path", slug="no-route")
+
+
+def _add_index(app: FastAPI, routes: RouteTable) -> None:
+    summary = [{"name": r.name, "prefix": r.prefix} for r in routes.routes]
+
+    @app.get(
+        "/",
+        operation_id="index",
+        summary="Name, version and routes.",
+        description="What this gateway is and which path prefixes it routes.",
+        tags=["meta"],
+    )
+    async def index() -> dict[str, Any]:
+        return {"name": "gateway", "version": VERSION, "routes": summary}
