@@ -16,7 +16,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -123,10 +123,8 @@ class ControlFile:
             # reused, so two quick writes of the same size could look unchanged to a
             # reader's stat. A strictly increasing mtime rules that out.
             mtime = time.time_ns()
-            try:
+            with suppress(FileNotFoundError):
                 mtime = max(mtime, os.stat(self.path).st_mtime_ns + 1)
-            except FileNotFoundError:
-                pass
             os.utime(tmp, ns=(mtime, mtime))
             # No fsync: the state lives only as long as the service, in a temp directory.
             os.replace(tmp, self.path)

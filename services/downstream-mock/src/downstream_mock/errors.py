@@ -8,12 +8,29 @@ request id) as the ones servicekit makes for 404, 405, 422 and 500.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
 from servicekit.problem import ProblemResponse
+
+
+def status_title(status: int) -> str:
+    """The reason phrase, also for codes without a registered one (520, 599)."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return f"Status {status}"
+
+
+def problem_responses(described: Mapping[int | str, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for statuses answered with problem+json."""
+    return {
+        status: {"description": why, "content": {"application/problem+json": {}}}
+        for status, why in described.items()
+    }
 
 
 class MockProblem(Exception):
@@ -45,7 +62,7 @@ def install_error_handler(app: FastAPI) -> None:
             exc.status,
             exc.detail,
             slug=exc.slug,
-            title=exc.title,
+            title=exc.title or status_title(exc.status),
             extra=exc.extra,
             headers=exc.headers,
         )

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel
 
 from downstream_mock.deps import SharedDep
-from downstream_mock.errors import MockProblem
+from downstream_mock.errors import MockProblem, problem_responses
 from downstream_mock.routing import add_any_method_route
 
 Key = Annotated[str, Path(min_length=1, max_length=200)]
@@ -53,6 +53,6 @@ def flaky_router() -> APIRouter:
             "Any method. Counts calls per `key` across all workers; calls 1..`failures` "
             "(0-100, default 1) get 503 problem+json, later calls 200 JSON with the count."
         ),
-        responses={503: {"description": "Failed on purpose", "content": {"application/problem+json": {}}}},
+        responses=problem_responses({503: "Failed on purpose"}),
     )
     return router

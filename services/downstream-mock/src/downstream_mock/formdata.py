@@ -116,7 +116,9 @@ class PartCollector:
             self.fields.setdefault(part.name, []).append(_text(bytes(part.value)))
             return
         self.files.append(
-            FilePart(part.name, part.filename, part.content_type, part.size, part.digest.hexdigest())
+            FilePart(
+                part.name, part.filename, part.content_type, part.size, part.digest.hexdigest()
+            )
         )
 
     def _on_end(self) -> None:

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from downstream_mock.deps import SharedDep
-from downstream_mock.errors import MockProblem
+from downstream_mock.errors import MockProblem, problem_responses
 from downstream_mock.settings import Settings
 
 ItemId = Annotated[int, Path(ge=1, le=2**63 - 1)]
@@ -50,7 +50,7 @@ def not_found(item_id: int) -> MockProblem:
     return MockProblem(404, f"no item with id {item_id}", slug="item-not-found")
 
 
-NOT_FOUND = {404: {"description": "No such item", "content": {"application/problem+json": {}}}}
+NOT_FOUND = problem_responses({404: "No such item"})
 
 
 def items_router(settings: Settings) -> APIRouter:
@@ -82,7 +82,7 @@ def items_router(settings: Settings) -> APIRouter:
             f"{max_items} items exist."
         ),
         status_code=201,
-        responses={507: {"description": "Store full", "content": {"application/problem+json": {}}}},
+        responses=problem_responses({507: "The store is full"}),
     )
     def create_item(item: ItemIn, shared: SharedDep, response: Response) -> Item:
         item_id = shared.store.create_item(item.model_dump_json(), max_items=max_items)

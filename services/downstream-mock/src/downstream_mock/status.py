@@ -4,17 +4,17 @@ These are what a gateway test uses to see its retries, circuit breaker and timeo
 act: a 503 or a 504 on demand, or a response that takes longer than the route's timeout.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: the endpoints' annotations name bounds
+# from the settings, local to the router factory, which FastAPI must evaluate eagerly.
 
 import asyncio
-from http import HTTPStatus
 from typing import Annotated
 
 from fastapi import APIRouter, Path
 from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response
 
-from downstream_mock.errors import MockProblem
+from downstream_mock.errors import MockProblem, problem_responses, status_title
 from downstream_mock.routing import add_any_method_route
 from downstream_mock.settings import Settings
 
@@ -31,17 +31,12 @@ class Delayed(BaseModel):
     delayed_seconds: float
 
 
-def status_title(code: int) -> str:
-    try:
-        return HTTPStatus(code).phrase
-    except ValueError:
-        return f"Status {code}"
-
-
 async def status(code: StatusCode) -> Response:
     if code >= 400:
         raise MockProblem(
-            code, f"answered {code} because it was asked to", slug="requested-status",
+            code,
+            f"answered {code} because it was asked to",
+            slug="requested-status",
             title=status_title(code),
         )
     if code in NO_BODY_STATUSES:
@@ -62,10 +57,7 @@ def status_router(settings: Settings) -> APIRouter:
             "`urn:platform:problem:requested-status` from 400, an empty body for 204, 205 "
             "and 304, JSON otherwise. 1xx and anything else out of range is 422."
         ),
-        responses={
-            "4XX": {"description": "Problem", "content": {"application/problem+json": {}}},
-            "5XX": {"description": "Problem", "content": {"application/problem+json": {}}},
-        },
+        responses=problem_responses({"4XX": "As requested", "5XX": "As requested"}),
     )
 
     max_delay = settings.max_delay_seconds

@@ -6,7 +6,8 @@ verify every byte without a checksum header. `/stream` sends chunks over time wi
 Content-Length, so the gateway has to pass chunked transfer through as it arrives.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: the endpoints' annotations name bounds
+# from the settings, local to the router factory, which FastAPI must evaluate eagerly.
 
 import asyncio
 import json

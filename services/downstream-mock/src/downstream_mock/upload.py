@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from downstream_mock.errors import MockProblem
+from downstream_mock.errors import MockProblem, problem_responses
 from downstream_mock.formdata import FormTooLarge, PartCollector
 from downstream_mock.settings import Settings
 
@@ -22,14 +22,13 @@ MAX_PARTS = 1000
 # may hold this much. File parts are only hashed and have no such limit.
 MAX_FIELD_BYTES = 1024 * 1024
 
-PROBLEM_RESPONSES: dict[int | str, dict[str, object]] = {
-    status: {"description": why, "content": {"application/problem+json": {}}}
-    for status, why in (
-        (413, "Body larger than the limit"),
-        (415, "Not multipart/form-data"),
-        (422, "Malformed multipart body"),
-    )
-}
+PROBLEM_RESPONSES = problem_responses(
+    {
+        413: "Body larger than the limit",
+        415: "Not multipart/form-data",
+        422: "Malformed multipart body",
+    }
+)
 
 # The body is read by hand, so FastAPI cannot infer it; this documents it for /docs.
 UPLOAD_BODY = {
