@@ -42,6 +42,11 @@ our_pid() {
   printf '%s\n' "${pid}"
 }
 
+take_lock() {
+  exec 9>"${LOCKFILE}"
+  flock -w 120 9 || die "another $0 holds ${LOCKFILE}"
+}
+
 ensure_packages() {
   local pkgs=()
   command -v dockerd >/dev/null 2>&1 || pkgs+=(docker.io)
@@ -112,8 +117,7 @@ dockerd_args() {
 }
 
 cmd_up() {
-  exec 9>"${LOCKFILE}"
-  flock 9 # two concurrent `up`s must not start two daemons
+  take_lock # two concurrent `up`s must not start two daemons
   if engine_answers; then
     log "docker engine already running"
     return 0
@@ -127,7 +131,8 @@ cmd_up() {
   dockerd_args args
   log "starting dockerd ${args[*]} (log: ${LOGFILE})"
   # setsid: the daemon must outlive this shell and its process group.
-  setsid dockerd "${args[@]}" >>"${LOGFILE}" 2>&1 </dev/null &
+  # 9>&-: the daemon must not inherit (and so hold forever) our lock fd.
+  setsid dockerd "${args[@]}" >>"${LOGFILE}" 2>&1 </dev/null 9>&- &
   pid=$!
   echo "${pid}" >"${PIDFILE}"
 
@@ -144,8 +149,7 @@ cmd_up() {
 }
 
 cmd_down() {
-  exec 9>"${LOCKFILE}"
-  flock 9
+  take_lock
   local pid waited=0
   if [[ ! -f ${PIDFILE} ]]; then
     log "no pidfile ${PIDFILE}: this script did not start the running engine (if any); leaving it alone"

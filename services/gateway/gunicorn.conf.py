@@ -8,5 +8,9 @@ from servicekit.serving import gunicorn_options
 from servicekit.settings import load_settings
 
 globals().update(
-    gunicorn_options(load_settings(Settings), worker_class="servicekit.workers.ProxyWorker")
+    gunicorn_options(
+        load_settings(Settings),
+        service_name="gateway",
+        worker_class="servicekit.workers.ProxyWorker",
+    )
 )

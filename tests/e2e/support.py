@@ -83,6 +83,15 @@ def assert_problem(response: _Response, status: int, slug: str | None = None) ->
     return body
 
 
+def echo(response: _Response) -> dict[str, Any]:
+    """The mock's /echo report in `response`, after checking it is one."""
+    assert response.status_code == 200, f"{response.status_code}: {_preview(response)}"
+    body = response.json()
+    assert isinstance(body, dict), body
+    assert {"path", "raw_path", "headers"} <= body.keys(), body
+    return body
+
+
 def _preview(response: _Response) -> str:
     try:
         return json.dumps(response.json())[:500]
@@ -112,6 +121,7 @@ def raw_request(
     headers: Mapping[str, str] | None = None,
     body: bytes | None = None,
     timeout: float = 10.0,
+    base_url: str = BASE_URL,
 ) -> RawResponse:
     """Send `target` on the request line exactly as given.
 
@@ -119,7 +129,7 @@ def raw_request(
     gateway's own path handling would test httpx instead. http.client writes the target
     verbatim (it only refuses control bytes and spaces, which no test needs raw).
     """
-    url = httpx.URL(BASE_URL)
+    url = httpx.URL(base_url)
     connection_class = (
         http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
     )
@@ -154,6 +164,25 @@ def pattern_bytes(offset: int, length: int) -> bytes:
     return (bytes(range(PATTERN_PERIOD)) * repeats)[start : start + length]
 
 
+class Pace:
+    """Holds a transfer to at most `rate` bytes per second (None: as fast as it goes).
+
+    The memory tests pace their transfers so the sampler sees enough of them, and so that a
+    gateway reading ahead of a slow client, instead of applying backpressure, shows up.
+    """
+
+    def __init__(self, rate: float | None) -> None:
+        self.rate = rate
+        self.started = time.monotonic()
+
+    def account(self, transferred: int) -> None:
+        if self.rate is None:
+            return
+        ahead = transferred / self.rate - (time.monotonic() - self.started)
+        if ahead > 0.005:
+            time.sleep(ahead)
+
+
 @dataclass
 class DownloadCheck:
     size: int = 0
@@ -161,22 +190,29 @@ class DownloadCheck:
     first_mismatch: int | None = None
 
 
-def download_and_verify(client: httpx.Client, n: int, *, timeout: httpx.Timeout) -> DownloadCheck:
+def download_and_verify(
+    client: httpx.Client, n: int, *, timeout: httpx.Timeout, rate: float | None = None
+) -> DownloadCheck:
     """Stream `/mock/bytes/n`, checking every byte against the pattern as it arrives.
 
     Nothing is kept but a counter, so the test process stays small whatever `n` is.
     """
     check = DownloadCheck()
+    pace = Pace(rate)
     with client.stream("GET", f"/mock/bytes/{n}", timeout=timeout) as response:
         assert response.status_code == 200, response.read()[:500]
         assert response.headers.get("content-length") in (None, str(n)), response.headers
         for chunk in response.iter_bytes():
-            if check.first_mismatch is None and chunk != pattern_bytes(check.size, len(chunk)):
+            if check.first_mismatch is None:
                 expected = pattern_bytes(check.size, len(chunk))
-                index = next(i for i, (a, b) in enumerate(zip(chunk, expected)) if a != b)
-                check.first_mismatch = check.size + index
+                if chunk != expected:
+                    pairs = zip(chunk, expected, strict=True)
+                    check.first_mismatch = check.size + next(
+                        i for i, (got, want) in enumerate(pairs) if got != want
+                    )
             check.size += len(chunk)
             check.reads += 1
+            pace.account(check.size)
     return check
 
 
@@ -184,8 +220,9 @@ def download_and_verify(client: httpx.Client, n: int, *, timeout: httpx.Timeout)
 class MultipartUpload:
     """One file field, `size` bytes, as a streamed multipart body with a known sha256.
 
-    The content is a random 1 MiB block repeated: random, so a body mangled in transit
-    cannot hash the same; repeated, so generating it costs nothing.
+    The content is one random 1 MiB block, each copy stamped with its index: random, so a
+    body mangled in transit cannot hash the same; stamped, so a dropped, repeated or
+    reordered block cannot either; one block, so generating 100 MiB costs nothing.
     """
 
     size: int
@@ -206,13 +243,14 @@ class MultipartUpload:
         return digest.hexdigest()
 
     def _file_chunks(self) -> Iterator[bytes]:
-        remaining = self.size
+        remaining, index = self.size, 0
         while remaining > 0:
-            chunk = self._block[: min(remaining, len(self._block))]
+            chunk = (index.to_bytes(8, "big") + self._block[8:])[: min(remaining, MiB)]
             remaining -= len(chunk)
+            index += 1
             yield chunk
 
-    def body(self) -> Iterator[bytes]:
+    def body(self, *, rate: float | None = None) -> Iterator[bytes]:
         """The multipart body, generated as it is sent (httpx sends it chunked)."""
         yield (
             f"--{self.boundary}\r\n"
@@ -220,7 +258,12 @@ class MultipartUpload:
             f'filename="{self.filename}"\r\n'
             "Content-Type: application/octet-stream\r\n\r\n"
         ).encode()
-        yield from self._file_chunks()
+        pace = Pace(rate)
+        sent = 0
+        for chunk in self._file_chunks():
+            yield chunk
+            sent += len(chunk)
+            pace.account(sent)
         yield f"\r\n--{self.boundary}--\r\n".encode()
 
 

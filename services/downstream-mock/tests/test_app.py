@@ -60,6 +60,7 @@ def test_every_endpoint_is_in_the_document(settings: Settings) -> None:
     paths = {path for path, _, _ in operations(settings)}
     assert paths == {
         "/livez",
+        "/metrics",
         "/readyz",
         "/health",
         "/echo",

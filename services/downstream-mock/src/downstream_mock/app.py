@@ -16,6 +16,8 @@ from typing import Any
 
 import anyio.to_thread
 from fastapi import FastAPI
+from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CollectorRegistry
 from starlette.middleware import Middleware
 
 from downstream_mock.admin import admin_router
@@ -50,8 +52,17 @@ def package_version() -> str:
         return "0.0.0+unknown"
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the mock. Reads the environment only when `settings` is None."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    registry: CollectorRegistry | None = None,
+    tracer_provider: TracerProvider | None = None,
+) -> FastAPI:
+    """Build the mock. Reads the environment only when `settings` is None.
+
+    `registry` and `tracer_provider` default to a new registry and to the provider
+    gunicorn's `post_fork` installed (none: tracing off); tests inject their own.
+    """
     if settings is None:
         settings = load_settings(Settings)
     health = MockHealth()
@@ -78,6 +89,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Inside the request-id and access-log middleware, so injected failures are
         # logged and carry a request id like any other response.
         inner_middleware=[Middleware(FaultMiddleware)],
+        registry=registry,
+        tracer_provider=tracer_provider,
     )
     install_error_handler(app)
     app.include_router(echo_router())

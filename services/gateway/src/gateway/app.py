@@ -13,19 +13,24 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request
+from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CollectorRegistry
 from starlette.middleware import Middleware
 from starlette.responses import Response
 
 from gateway.dispatcher import UPSTREAM_STATE_KEY, ProxyDispatcher
+from gateway.metrics import GatewayMetrics
 from gateway.routing import RouteTable, load_route_table
 from gateway.settings import Settings
 from gateway.upstream import UpstreamClient
 from gateway.upstream_aiohttp import AiohttpUpstream
 from gateway.upstream_httpx import HttpxUpstream
 from servicekit.health import HealthState
+from servicekit.metrics import new_registry
 from servicekit.problem import ProblemResponse
 from servicekit.service import new_service_app
 from servicekit.settings import load_settings
+from servicekit.tracing import current_tracer_provider
 
 try:
     VERSION = version("gateway")
@@ -34,16 +39,25 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 
 def create_app(
-    settings: Settings | None = None, *, transport: httpx.AsyncBaseTransport | None = None
+    settings: Settings | None = None,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    registry: CollectorRegistry | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> FastAPI:
     """Build the gateway. Reads the environment only when `settings` is None.
 
     With `transport`, upstream calls go through an httpx client on that transport (the
     test seam); without it, through the pooled aiohttp client used in production.
+    `registry` and `tracer_provider` default to a new registry and to the provider
+    gunicorn's `post_fork` installed (none: tracing off).
     """
     settings = settings or load_settings(Settings)
     routes = load_route_table(settings.routes_file)
     health = HealthState()
+    registry = registry if registry is not None else new_registry()
+    tracer_provider = tracer_provider or current_tracer_provider()
+    tracer = tracer_provider.get_tracer("gateway", VERSION) if tracer_provider else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -68,7 +82,13 @@ def create_app(
         description="Routes requests to upstream services by path prefix.",
         health=health,
         lifespan=lifespan,
-        inner_middleware=[Middleware(ProxyDispatcher, routes=routes)],
+        inner_middleware=[
+            Middleware(
+                ProxyDispatcher, routes=routes, metrics=GatewayMetrics(registry), tracer=tracer
+            )
+        ],
+        registry=registry,
+        tracer_provider=tracer_provider,
     )
     app.add_exception_handler(404, _no_route)
     _add_index(app, routes)

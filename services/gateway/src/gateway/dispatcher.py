@@ -8,11 +8,13 @@ paths — goes to FastAPI. The gateway's own paths always win over a route.
 
 from __future__ import annotations
 
+from opentelemetry.trace import Tracer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import BadPath
+from gateway.metrics import GatewayMetrics
 from gateway.paths import normalize
-from gateway.proxy import forward
+from gateway.proxy import Proxy
 from gateway.routing import RouteTable
 from gateway.upstream import UpstreamClient
 from servicekit.problem import send_problem
@@ -21,9 +23,12 @@ UPSTREAM_STATE_KEY = "upstream"
 
 
 class ProxyDispatcher:
-    def __init__(self, app: ASGIApp, *, routes: RouteTable) -> None:
+    def __init__(
+        self, app: ASGIApp, *, routes: RouteTable, metrics: GatewayMetrics, tracer: Tracer | None
+    ) -> None:
         self.app = app
         self.routes = routes
+        self.proxy = Proxy(routes.routes, metrics, tracer)
         self._own_paths: frozenset[str] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -41,7 +46,7 @@ class ProxyDispatcher:
             return
         client: UpstreamClient = scope["state"][UPSTREAM_STATE_KEY]
         path = route.upstream_path(segments, trailing_slash)
-        await forward(scope, receive, send, route, path=path, client=client)
+        await self.proxy.forward(scope, receive, send, route, path=path, client=client)
 
     def _own(self, scope: Scope) -> frozenset[str]:
         # Read from the app on first use, so it always matches the routes it really has.

@@ -38,6 +38,8 @@ _REPLACED_TOWARDS_UPSTREAM = frozenset(
     }
 )
 
+_TRACE_CONTEXT = frozenset({b"traceparent", b"tracestate"})
+
 
 def connection_named(headers: RawHeaders) -> frozenset[bytes]:
     """Lower-case names listed in any Connection header."""
@@ -54,9 +56,16 @@ def upstream_request_headers(
     client_ip: str | None,
     scheme: str,
     request_id: str,
+    own_trace_context: bool = False,
 ) -> list[tuple[str, str]]:
-    """The headers to send upstream for a client request with `headers` (ASGI, lower-case)."""
+    """The headers to send upstream for a client request with `headers` (ASGI, lower-case).
+
+    With `own_trace_context` the client's `traceparent`/`tracestate` are dropped: the
+    gateway's own client span will be injected in their place.
+    """
     dropped = HOP_BY_HOP | _REPLACED_TOWARDS_UPSTREAM
+    if own_trace_context:
+        dropped = dropped | _TRACE_CONTEXT
     if any(name == b"connection" for name, _ in headers):
         dropped = dropped | connection_named(headers)
     out: list[tuple[str, str]] = []

@@ -15,13 +15,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
+from opentelemetry import trace
+from opentelemetry.propagate import inject
+from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer
 from starlette.types import Receive, Scope, Send
 
-from gateway.errors import BadRequest, BodyTooLarge, ClientGone, GatewayError
+from gateway.errors import (
+    BadRequest,
+    BodyTooLarge,
+    ClientGone,
+    GatewayError,
+    UpstreamBroken,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 from gateway.headers import downstream_response_headers, upstream_request_headers
+from gateway.metrics import GatewayMetrics, RouteMetrics
 from gateway.routing import Route
 from gateway.upstream import Body, UpstreamClient, UpstreamRequest, UpstreamResponse
 from servicekit.context import request_id_var
@@ -42,27 +55,27 @@ class RequestBody:
     may wrap the exception it raises into one of its own.
     """
 
-    __slots__ = ("_limit", "_receive", "done", "error")
+    __slots__ = ("_limit", "_receive", "done", "error", "received")
 
     def __init__(self, receive: Receive, limit: int) -> None:
         self._receive = receive
         self._limit = limit
         self.done = False
+        self.received = 0
         self.error: GatewayError | None = None
 
     async def read_all(self) -> bytes:
         return b"".join([chunk async for chunk in self])
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        received = 0
         while not self.done:
             message = await self._receive()
             if message["type"] == "http.disconnect":
                 self.error = ClientGone("the client went away while sending the body")
                 raise self.error
             chunk: bytes = message.get("body", b"")
-            received += len(chunk)
-            if received > self._limit:
+            self.received += len(chunk)
+            if self.received > self._limit:
                 self.error = BodyTooLarge(f"the body exceeds this route's {self._limit} bytes")
                 raise self.error
             self.done = not message.get("more_body", False)
@@ -86,65 +99,128 @@ def body_framing(headers: list[tuple[bytes, bytes]]) -> tuple[int | None, bool]:
     return length, chunked
 
 
-async def forward(
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    route: Route,
-    *,
-    path: str,
-    client: UpstreamClient,
-) -> None:
-    """Proxy the request in `scope` to `route`'s upstream at `path` (already encoded)."""
-    scope[ROUTE_SCOPE_KEY] = route.name
-    started = False
-    body: RequestBody | None = None
-    try:
-        headers = scope["headers"]
-        length, chunked = body_framing(headers)
-        payload: Body = None
-        if length is not None and length > route.max_body_bytes:
-            raise BodyTooLarge(f"the body exceeds this route's {route.max_body_bytes} bytes")
-        if length or chunked:
-            body = RequestBody(receive, route.max_body_bytes)
-            payload = await body.read_all() if length and length <= SMALL_BODY_BYTES else body
-        query = scope["query_string"]
-        url = f"{route.origin}{path}?{query.decode('latin-1')}" if query else route.origin + path
-        client_addr = scope.get("client")
-        request = UpstreamRequest(
-            method=scope["method"],
-            url=url,
-            headers=upstream_request_headers(
+class Proxy:
+    """Forwards requests; holds what every request needs: metrics per route, a tracer."""
+
+    def __init__(self, routes: list[Route], metrics: GatewayMetrics, tracer: Tracer | None) -> None:
+        self._metrics = {route.name: metrics.for_route(route.name) for route in routes}
+        self._tracer = tracer
+
+    async def forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        route: Route,
+        *,
+        path: str,
+        client: UpstreamClient,
+    ) -> None:
+        """Proxy the request in `scope` to `route`'s upstream at `path` (already encoded)."""
+        scope[ROUTE_SCOPE_KEY] = route.name
+        metrics = self._metrics[route.name]
+        started = False
+        body: RequestBody | None = None
+        try:
+            headers = scope["headers"]
+            length, chunked = body_framing(headers)
+            payload: Body = None
+            if length is not None and length > route.max_body_bytes:
+                raise BodyTooLarge(f"the body exceeds this route's {route.max_body_bytes} bytes")
+            if length or chunked:
+                body = RequestBody(receive, route.max_body_bytes)
+                small = length and length <= SMALL_BODY_BYTES
+                payload = await body.read_all() if small else body
+            query = scope["query_string"]
+            url = route.origin + path
+            if query:
+                url += "?" + query.decode("latin-1")
+            client_addr = scope.get("client")
+            upstream_headers = upstream_request_headers(
                 headers,
                 client_ip=client_addr[0] if client_addr else None,
                 scheme=scope["scheme"],
                 request_id=request_id_var.get() or "",
-            ),
-            body=payload,
-            timeouts=route.timeouts,
-        )
-        async with client.send(request) as response:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": response.status,
-                    "headers": downstream_response_headers(response.headers),
-                }
+                own_trace_context=self._tracer is not None,
             )
-            started = True
-            await _relay_body(response, receive, send, body is None or body.done)
-    except GatewayError as exc:
-        error = body.error if body is not None and body.error is not None else exc
-        await _fail(error, route, send, started)
-    except Exception:
-        # The upstream client wrapped our own body error into one of its own.
-        if body is None or body.error is None:
-            raise
-        await _fail(body.error, route, send, started)
+            with self._client_span(scope, route, url, upstream_headers) as span:
+                metrics.in_flight.inc()
+                try:
+                    sent_at = time.perf_counter()
+                    request = UpstreamRequest(
+                        scope["method"], url, upstream_headers, payload, route.timeouts
+                    )
+                    async with client.send(request) as response:
+                        metrics.latency.observe(time.perf_counter() - sent_at)
+                        metrics.outcomes["ok"].inc()
+                        if span is not None:
+                            span.set_attribute("http.response.status_code", response.status)
+                        await send(
+                            {
+                                "type": "http.response.start",
+                                "status": response.status,
+                                "headers": downstream_response_headers(response.headers),
+                            }
+                        )
+                        started = True
+                        await _relay_body(
+                            response, receive, send, body is None or body.done, metrics
+                        )
+                finally:
+                    metrics.in_flight.dec()
+                    if body is not None:
+                        metrics.request_bytes.inc(body.received)
+        except GatewayError as exc:
+            error = body.error if body is not None and body.error is not None else exc
+            await _fail(error, route, send, started, metrics, counted=started)
+        except Exception:
+            # The upstream client wrapped our own body error into one of its own.
+            if body is None or body.error is None:
+                raise
+            await _fail(body.error, route, send, started, metrics, counted=started)
+
+    def _client_span(
+        self, scope: Scope, route: Route, url: str, headers: list[tuple[str, str]]
+    ) -> AbstractContextManager[Span | None]:
+        """A client span for this upstream attempt, its context injected into `headers`."""
+        if self._tracer is None:
+            return nullcontext()
+        server_span = trace.get_current_span()
+        if server_span.is_recording():
+            # FastAPI's instrumentation named it by method only: it cannot see our routes.
+            server_span.update_name(f"{scope['method']} {route.prefix}")
+            server_span.set_attribute("http.route", route.prefix)
+            server_span.set_attribute("gateway.route", route.name)
+        return _traced(self._tracer, scope["method"], route, url, headers)
+
+
+@contextmanager
+def _traced(
+    tracer: Tracer, method: str, route: Route, url: str, headers: list[tuple[str, str]]
+) -> Iterator[Span]:
+    with tracer.start_as_current_span(
+        method,
+        kind=SpanKind.CLIENT,
+        attributes={
+            "http.request.method": method,
+            "url.full": url,
+            "server.address": route.origin,
+            "gateway.route": route.name,
+            "gateway.upstream": route.upstream,
+        },
+    ) as span:
+        carrier: dict[str, str] = {}
+        inject(carrier)
+        headers.extend(carrier.items())
+        yield span
 
 
 async def _relay_body(
-    response: UpstreamResponse, receive: Receive, send: Send, request_body_done: bool
+    response: UpstreamResponse,
+    receive: Receive,
+    send: Send,
+    request_body_done: bool,
+    metrics: RouteMetrics | None = None,
 ) -> None:
     """Send the upstream body on; stop early if the client disconnects.
 
@@ -152,24 +228,61 @@ async def _relay_body(
     watched by one pending `receive()`, which returns only when the client is gone.
     Single-chunk bodies (most API responses) never pay for the watcher.
     """
-    watcher: asyncio.Future[Any] | None = None
+    watcher: asyncio.Future[None] | None = None
     first = True
+    relayed = 0
     try:
         async for chunk in response.iter_body():
             if watcher is not None:
                 if watcher.done():
                     raise ClientGone("the client went away during the response")
             elif not first and request_body_done:
-                watcher = asyncio.ensure_future(receive())
+                watcher = asyncio.ensure_future(_disconnected(receive))
             first = False
+            relayed += len(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     finally:
         if watcher is not None and not watcher.done():
             watcher.cancel()
+        if metrics is not None:
+            metrics.response_bytes.inc(relayed)
 
 
-async def _fail(error: GatewayError, route: Route, send: Send, started: bool) -> None:
+async def _disconnected(receive: Receive) -> None:
+    """Returns once the client is gone.
+
+    The first `receive()` after a bodiless request is the (empty) end of its body, not a
+    disconnect: it is skipped, or every streamed response would be cut after two chunks.
+    """
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+_OUTCOME_OF = {
+    UpstreamTimeout: "timeout",
+    UpstreamUnreachable: "connect_error",
+    UpstreamBroken: "broken",
+    ClientGone: "client_gone",
+    BodyTooLarge: "body_too_large",
+}
+
+
+async def _fail(
+    error: GatewayError,
+    route: Route,
+    send: Send,
+    started: bool,
+    metrics: RouteMetrics,
+    *,
+    counted: bool,
+) -> None:
+    outcome = _OUTCOME_OF.get(type(error))
+    if outcome is not None and not counted:
+        metrics.outcomes[outcome].inc()
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_status(StatusCode.ERROR, error.detail)
     if isinstance(error, ClientGone):
         logger.info("client went away", extra={"route": route.name, "reason": error.detail})
         return

@@ -98,13 +98,18 @@ class RouteFile(BaseModel):
 
     @model_validator(mode="after")
     def _names_and_prefixes_unique(self) -> Self:
+        # A model-level error has no location, so the message names the route and field.
         for attr in ("name", "prefix"):
-            seen: set[str] = set()
-            for route in self.routes:
+            first: dict[str, int] = {}
+            for index, route in enumerate(self.routes):
                 value = getattr(route, attr)
-                if value in seen:
-                    raise ValueError(f"two routes have the {attr} {value!r}")
-                seen.add(value)
+                if value in first:
+                    other = first[value]
+                    raise ValueError(
+                        f"route {route.name!r} (routes[{index}]) field {attr}: {value!r} is "
+                        f"already the {attr} of route {self.routes[other].name!r} (routes[{other}])"
+                    )
+                first[value] = index
         return self
 
 
@@ -212,6 +217,8 @@ def _describe(exc: ValidationError, data: Any) -> str:
         name = _route_name(data, index)
         field = ".".join(str(p) for p in loc[2:]) or "(the route itself)"
         return f"route {name} (routes[{index}]) field {field}: {message}"
+    if not loc and error["type"] == "value_error":
+        return message  # from RouteFile's own check, which names the route and field
     field = ".".join(str(p) for p in loc) or "(top level)"
     return f"{field}: {message}"
 

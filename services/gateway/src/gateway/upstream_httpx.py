@@ -31,8 +31,12 @@ class HttpxResponse:
         return self._response.headers.raw
 
     async def iter_body(self) -> AsyncIterator[bytes]:
+        # The raw stream rather than `aiter_raw()`, which refuses a response built whole
+        # (as MockTransport handlers build them) although its raw bytes are all there.
+        stream = self._response.stream
+        assert isinstance(stream, httpx.AsyncByteStream)
         try:
-            async for chunk in self._response.aiter_raw():
+            async for chunk in stream:
                 yield chunk
         except httpx.TimeoutException:
             raise UpstreamTimeout("the upstream stopped sending the body") from None
@@ -47,12 +51,16 @@ class HttpxUpstream:
     @asynccontextmanager
     async def send(self, request: UpstreamRequest) -> AsyncGenerator[HttpxResponse]:
         t = request.timeouts
-        built = self._client.build_request(
+        timeout = httpx.Timeout(connect=t.connect, read=t.read, write=t.read, pool=t.connect)
+        # A bare Request, not `client.build_request`: that would add the client's default
+        # headers (an invented Accept-Encoding, User-Agent, ...) and the cookies it stored
+        # from earlier responses, which belong to other clients of the gateway.
+        built = httpx.Request(
             request.method,
             request.url,
             headers=request.headers,
             content=request.body,
-            timeout=httpx.Timeout(connect=t.connect, read=t.read, write=t.read, pool=t.connect),
+            extensions={"timeout": timeout.as_dict()},
         )
         try:
             # httpx has no whole-exchange timeout; bound the wait for the headers here.

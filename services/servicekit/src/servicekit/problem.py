@@ -41,7 +41,7 @@ def problem_body(
 ) -> bytes:
     body: dict[str, Any] = {
         "type": problem_type(slug) if slug else "about:blank",
-        "title": title or HTTPStatus(status).phrase,
+        "title": title or _phrase(status),
         "status": status,
         "detail": detail,
         "request_id": request_id_var.get(),
@@ -49,6 +49,13 @@ def problem_body(
     if extra:
         body.update(extra)
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:  # 520, 599 and other codes without a registered name
+        return f"HTTP {status}"
 
 
 class ProblemResponse(Response):

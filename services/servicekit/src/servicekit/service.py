@@ -6,13 +6,28 @@ from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CollectorRegistry
 from starlette.middleware import Middleware
+from starlette.responses import Response
 
 from servicekit.health import HealthState, health_router
 from servicekit.logs import configure_logging
+from servicekit.metrics import (
+    PROMETHEUS_CONTENT_TYPE,
+    HttpServerMetrics,
+    MetricsMiddleware,
+    new_registry,
+    render,
+)
 from servicekit.middleware import AccessLogMiddleware, RequestIdMiddleware
 from servicekit.problem import install_problem_handlers
 from servicekit.settings import ServiceSettings
+from servicekit.tracing import UNTRACED_PATHS, current_tracer_provider
+
+# The instrumentation matches these against the full URL.
+_UNTRACED_URLS = ",".join(rf"^https?://[^/]+{path}(\?.*)?$" for path in UNTRACED_PATHS)
 
 
 def new_service_app(
@@ -24,11 +39,16 @@ def new_service_app(
     health: HealthState,
     lifespan: Any = None,
     inner_middleware: Sequence[Middleware] = (),
+    registry: CollectorRegistry | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> FastAPI:
-    """A FastAPI app with JSON logs, request ids, access logs, probes and problem+json.
+    """A FastAPI app with JSON logs, request ids, access logs, RED metrics, tracing,
+    probes, /metrics and problem+json.
 
-    `inner_middleware` runs inside the request-id and access-log middleware, so whatever
-    it answers (the gateway's proxy path, for one) is logged and carries a request id.
+    `inner_middleware` runs inside the request-id, access-log and metrics middleware,
+    so whatever it answers (the gateway's proxy path, for one) is logged, counted and
+    carries a request id. `registry` defaults to a new one (tests inject their own);
+    `tracer_provider` to the one gunicorn's `post_fork` installed, if any.
     """
     configure_logging(
         settings.log_level,
@@ -36,9 +56,11 @@ def new_service_app(
         max_bytes=settings.log_file_max_bytes,
         backups=settings.log_file_backups,
     )
+    registry = registry if registry is not None else new_registry()
     outer = [Middleware(RequestIdMiddleware)]
     if settings.access_log:
         outer.append(Middleware(AccessLogMiddleware))
+    outer.append(Middleware(MetricsMiddleware, metrics=HttpServerMetrics(registry)))
     app = FastAPI(
         title=title,
         version=version,
@@ -48,4 +70,26 @@ def new_service_app(
     )
     install_problem_handlers(app)
     app.include_router(health_router(health))
+    _add_metrics_endpoint(app, registry)
+    tracer_provider = tracer_provider or current_tracer_provider()
+    if tracer_provider is not None:
+        FastAPIInstrumentor.instrument_app(
+            app,
+            tracer_provider=tracer_provider,
+            excluded_urls=_UNTRACED_URLS,
+            exclude_spans=["receive", "send"],
+        )
     return app
+
+
+def _add_metrics_endpoint(app: FastAPI, registry: CollectorRegistry) -> None:
+    @app.get(
+        "/metrics",
+        operation_id="metrics",
+        summary="Prometheus metrics.",
+        description="Prometheus text format, summed over all gunicorn workers of this pod.",
+        response_class=Response,
+        tags=["health"],
+    )
+    async def metrics() -> Response:
+        return Response(render(registry), media_type=PROMETHEUS_CONTENT_TYPE)

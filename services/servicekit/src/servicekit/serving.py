@@ -1,25 +1,88 @@
-"""Gunicorn settings shared by both services' `gunicorn.conf.py`.
+"""Gunicorn settings and hooks shared by both services' `gunicorn.conf.py`.
 
 Production serving is gunicorn managing uvicorn workers (the `uvicorn-worker` package;
 `uvicorn.workers` is deprecated). Everything tunable comes from the service's settings,
 so the container, compose and the chart configure it through environment variables.
+
+The hooks put telemetry where it belongs: the metrics directory is emptied in the
+master before any worker starts, each worker builds its own tracer provider after fork
+and flushes it on exit, and the master marks a dead worker's gauges as gone.
+
+Import nothing from prometheus_client here: it picks single- or multi-process mode when
+first imported, which must happen after `PROMETHEUS_MULTIPROC_DIR` is set.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from typing import Any
 
 from servicekit.settings import ServiceSettings
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Temporary directories this master made, removed again when it exits. Kept in the
+# environment because gunicorn re-reads the config file on SIGHUP.
+_OWNED_DIRS_ENV = "SERVICEKIT_OWNED_TEMP_DIRS"
+
+
+def own_temp_dir(env_name: str, prefix: str) -> str:
+    """`$env_name`, or a new temporary directory exported under that name.
+
+    Called in the master before forking, so every worker inherits the same directory.
+    The temp directory is writable even with a read-only root filesystem.
+    """
+    existing = os.environ.get(env_name)
+    if existing:
+        return existing
+    path = tempfile.mkdtemp(prefix=prefix)
+    os.environ[env_name] = path
+    owned = [p for p in os.environ.get(_OWNED_DIRS_ENV, "").split(os.pathsep) if p]
+    os.environ[_OWNED_DIRS_ENV] = os.pathsep.join([*owned, path])
+    return path
+
 
 def gunicorn_options(
-    settings: ServiceSettings, *, worker_class: str = "servicekit.workers.ServiceWorker"
+    settings: ServiceSettings,
+    *,
+    service_name: str,
+    worker_class: str = "servicekit.workers.ServiceWorker",
 ) -> dict[str, Any]:
-    """Values for the module namespace of a gunicorn config file."""
+    """Values and hooks for the module namespace of a gunicorn config file."""
+
+    def on_starting(server: Any) -> None:
+        # In the master, before any worker exists to inherit the environment.
+        own_temp_dir(MULTIPROC_ENV, f"{service_name}-metrics-")
+        from servicekit.metrics import prepare_multiprocess_dir  # noqa: PLC0415
+
+        prepare_multiprocess_dir()
+
+    def post_fork(server: Any, worker: Any) -> None:
+        from servicekit.tracing import install_tracer_provider  # noqa: PLC0415
+
+        install_tracer_provider(service_name)
+
+    def worker_exit(server: Any, worker: Any) -> None:
+        from servicekit.tracing import shutdown_tracer_provider  # noqa: PLC0415
+
+        shutdown_tracer_provider()
+
+    def child_exit(server: Any, worker: Any) -> None:
+        from servicekit.metrics import worker_exited  # noqa: PLC0415
+
+        worker_exited(worker.pid)
+
+    def on_exit(server: Any) -> None:
+        for path in os.environ.get(_OWNED_DIRS_ENV, "").split(os.pathsep):
+            if path:
+                shutil.rmtree(path, ignore_errors=True)
+
     return {
         "bind": [f"{settings.host}:{settings.port}"],
         "workers": settings.workers,
         "worker_class": worker_class,
+        "proc_name": service_name,
         # On SIGTERM a worker stops accepting, finishes in-flight requests for up to
         # this long, then is killed.
         "graceful_timeout": settings.graceful_timeout,
@@ -35,6 +98,11 @@ def gunicorn_options(
         "control_socket_disable": True,
         # The client address is the TCP peer; forwarding headers are the app's business.
         "forwarded_allow_ips": "",
+        "on_starting": on_starting,
+        "post_fork": post_fork,
+        "worker_exit": worker_exit,
+        "child_exit": child_exit,
+        "on_exit": on_exit,
     }
 
 

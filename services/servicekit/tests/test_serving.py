@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import json
+import logging
+import logging.config
+
+import pytest
+from gunicorn.config import Config
+from pydantic_settings import SettingsConfigDict
+from uvicorn_worker import UvicornWorker
+
+from servicekit.logs import JsonFormatter
+from servicekit.serving import gunicorn_logconfig, gunicorn_options
+from servicekit.settings import ServiceSettings
+from servicekit.workers import ProxyWorker, ServiceWorker
+
+
+class DemoSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="DEMO_")
+
+
+def settings() -> DemoSettings:
+    return DemoSettings(host="0.0.0.0", port=8080, workers=3, graceful_timeout=20)
+
+
+def gunicorn_config(options: dict[str, object]) -> Config:
+    """A real gunicorn Config: unknown names and bad values fail here, as at start-up."""
+    config = Config()
+    for name, value in options.items():
+        config.set(name, value)
+    return config
+
+
+def test_options_are_what_the_settings_say() -> None:
+    options = gunicorn_options(settings(), service_name="svc")
+    assert options["bind"] == ["0.0.0.0:8080"]
+    assert options["workers"] == 3
+    assert options["graceful_timeout"] == 20
+    assert isinstance(options["graceful_timeout"], int)
+    assert options["keepalive"] == 75
+    assert options["accesslog"] is None
+
+
+def test_gunicorn_accepts_every_option() -> None:
+    config = gunicorn_config(gunicorn_options(settings(), service_name="svc"))
+    assert config.address == [("0.0.0.0", 8080)]
+    assert config.workers == 3
+    assert config.graceful_timeout == 20
+    assert config.worker_class is ServiceWorker  # importable, and imported by gunicorn
+
+
+@pytest.mark.parametrize("worker", [ServiceWorker, ProxyWorker])
+def test_worker_classes_are_uvicorn_worker_subclasses(worker: type[UvicornWorker]) -> None:
+    path = f"{worker.__module__}.{worker.__qualname__}"
+    config = gunicorn_config(gunicorn_options(settings(), service_name="svc", worker_class=path))
+    assert config.worker_class is worker
+    assert issubclass(worker, UvicornWorker)  # the maintained package, not uvicorn.workers
+    assert worker.CONFIG_KWARGS["server_header"] is False
+
+
+def test_the_proxy_worker_leaves_the_date_header_to_the_upstream() -> None:
+    assert ProxyWorker.CONFIG_KWARGS["date_header"] is False
+    assert "date_header" not in ServiceWorker.CONFIG_KWARGS
+    # What UvicornWorker chose (event loop, HTTP parser) is kept.
+    for key, value in UvicornWorker.CONFIG_KWARGS.items():
+        assert ProxyWorker.CONFIG_KWARGS[key] == value
+
+
+def test_the_master_logs_json(capsys: pytest.CaptureFixture[str]) -> None:
+    logging.config.dictConfig(gunicorn_logconfig("info"))
+    root = logging.getLogger()
+    assert any(isinstance(h.formatter, JsonFormatter) for h in root.handlers)
+
+    logging.getLogger("gunicorn.error").info("Booting worker")
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert json.loads(line)["msg"] == "Booting worker"
