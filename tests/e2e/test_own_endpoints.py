@@ -1,11 +1,14 @@
-"""The gateway's own endpoints: probes, health, the index, and its documented API.
+"""The gateway's own endpoints: probes, health, the index, metrics and its documented API.
 
-Kubelets, load balancers and humans rely on these answering the same everywhere, and the
-OpenAPI document is the gateway's published contract (every operation named, summarised
-on one line, described briefly).
+Kubelets, load balancers, Prometheus and humans rely on these answering the same
+everywhere; the OpenAPI document is the gateway's published contract (every operation
+named, summarised on one line, described briefly), and metrics are labelled by route,
+never by the raw path a client chose.
 """
 
 from __future__ import annotations
+
+import uuid
 
 import httpx
 import pytest
@@ -79,3 +82,19 @@ def test_docs_serve_html(client: httpx.Client) -> None:
     assert response.status_code == 200, response.text[:500]
     assert media_type(response) == "text/html"
     assert "openapi.json" in response.text
+
+
+def test_metrics_are_prometheus_text(client: httpx.Client) -> None:
+    response = client.get("/metrics")
+    assert response.status_code == 200, response.text[:500]
+    assert media_type(response) == "text/plain", response.headers.get("content-type")
+    assert "# TYPE " in response.text
+
+
+def test_metrics_never_label_by_raw_path(client: httpx.Client) -> None:
+    marker = uuid.uuid4().hex
+    client.get(f"/mock/echo/{marker}")
+    client.get(f"/no-route-{marker}")
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200, metrics.text[:500]
+    assert marker not in metrics.text, "a raw request path became a metric label"
