@@ -136,7 +136,8 @@ class Exchange:
 def raw_request() -> Callable[..., Awaitable[Exchange]]:
     """Send one request straight to an ASGI app, with a raw path no HTTP client would send.
 
-    `disconnect=True` makes the client go away as soon as it has sent its body.
+    `disconnect=True` makes the client go away as soon as it has sent its body;
+    `disconnect="mid-body"` makes it go away after `chunks`, before the body ends.
     """
 
     async def call(
@@ -147,12 +148,13 @@ def raw_request() -> Callable[..., Awaitable[Exchange]]:
         query: bytes = b"",
         headers: list[tuple[bytes, bytes]] | None = None,
         chunks: list[bytes] | None = None,
-        disconnect: bool = False,
+        disconnect: bool | str = False,
     ) -> Exchange:
         incoming: list[Message] = [
             {"type": "http.request", "body": chunk, "more_body": True} for chunk in chunks or []
         ]
-        incoming.append({"type": "http.request", "body": b"", "more_body": False})
+        if disconnect != "mid-body":
+            incoming.append({"type": "http.request", "body": b"", "more_body": False})
         sent: list[Message] = []
         finished = asyncio.Event()
 

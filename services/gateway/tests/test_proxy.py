@@ -441,6 +441,29 @@ async def test_a_client_that_stays_gets_everything(
     assert stream.closed
 
 
+async def test_a_client_gone_mid_body_is_logged_as_499(
+    gateway_app: GatewayApp, raw_request: RawRequest, capture_logger: Capture
+) -> None:
+    access = capture_logger("access")
+    upstream = Upstream()
+    async with gateway_app(upstream) as app:
+        exchange = await raw_request(
+            app,
+            b"/keep/upload",
+            method="POST",
+            headers=[(b"transfer-encoding", b"chunked")],
+            chunks=[b"x" * 10],
+            disconnect="mid-body",
+        )
+        metrics = (await raw_request(app, b"/metrics")).body.decode()
+    assert exchange.messages == []  # nobody is left to answer
+    assert upstream.requests == []
+    [record] = [r for r in access if r.route == "keep"]
+    assert record.status == 499  # as nginx logs it, never a 5xx
+    assert 'http_server_requests_total{method="POST",route="keep",status="499"} 1.0' in metrics
+    assert 'route="keep",status="500"' not in metrics
+
+
 # --- the pieces ------------------------------------------------------------------------
 
 

@@ -74,7 +74,11 @@ def test_the_default_route_file_loads() -> None:
     by_name = {r.name: r for r in table.routes}
     assert {"mock", "mock-scoped", "mock-strict", "unreachable"} <= by_name.keys()
     mock = by_name["mock"]
-    assert (mock.prefix, mock.upstream, mock.strip_prefix) == ("/mock", "http://127.0.0.1:8081", True)
+    assert (mock.prefix, mock.upstream, mock.strip_prefix) == (
+        "/mock",
+        "http://127.0.0.1:8081",
+        True,
+    )
     assert table.match((b"mock", b"echo")) is mock
     assert mock.upstream_path((b"mock", b"echo"), False) == "/echo"
     assert by_name["mock-scoped"].base_path == "/echo/scoped"
@@ -189,7 +193,11 @@ BAD_ROUTES = {
         "api",
         "timeout.idle",
     ),
-    "relative prefix": ("routes: [{name: api, prefix: api, upstream: 'http://u'}]", "api", "prefix"),
+    "relative prefix": (
+        "routes: [{name: api, prefix: api, upstream: 'http://u'}]",
+        "api",
+        "prefix",
+    ),
     "dot segments in prefix": (
         "routes: [{name: api, prefix: /a/../api, upstream: 'http://u'}]",
         "api",
@@ -200,7 +208,11 @@ BAD_ROUTES = {
         "api",
         "prefix",
     ),
-    "bad name": ("routes: [{name: Bad_Name, prefix: /api, upstream: 'http://u'}]", "Bad_Name", "name"),
+    "bad name": (
+        "routes: [{name: Bad_Name, prefix: /api, upstream: 'http://u'}]",
+        "Bad_Name",
+        "name",
+    ),
     "bad body limit": (
         "routes: [{name: api, prefix: /api, upstream: 'http://u', max_body_bytes: lots}]",
         "api",
@@ -269,7 +281,9 @@ TABLE = RouteTable(
         ((b"other", b"api"), None),
     ],
 )
-def test_longest_prefix_on_segment_boundaries(segments: tuple[bytes, ...], name: str | None) -> None:
+def test_longest_prefix_on_segment_boundaries(
+    segments: tuple[bytes, ...], name: str | None
+) -> None:
     matched = TABLE.match(segments)
     assert (matched.name if matched else None) == name
 

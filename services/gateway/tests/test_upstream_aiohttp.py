@@ -142,7 +142,9 @@ async def test_a_streamed_body_keeps_its_content_length(
 ) -> None:
     async def handler(request: web.Request) -> web.Response:
         body = await request.read()
-        framing = f"{request.headers.get('Content-Length')} {request.headers.get('Transfer-Encoding')}"
+        framing = (
+            f"{request.headers.get('Content-Length')} {request.headers.get('Transfer-Encoding')}"
+        )
         return web.Response(text=f"{framing} {len(body)}")
 
     async def body() -> AsyncIterator[bytes]:
@@ -172,7 +174,9 @@ async def test_a_request_body_that_fails_stops_the_request(
     # Whatever aiohttp wraps it in, the request fails; the proxy then reports the
     # body's own error (see proxy.RequestBody.error).
     with pytest.raises(Exception):  # noqa: B017, PT011
-        await asyncio.wait_for(read_all(upstream, request(server, method="POST", body=body())), WAIT)
+        await asyncio.wait_for(
+            read_all(upstream, request(server, method="POST", body=body())), WAIT
+        )
     assert acquired(upstream) == 0
 
 
@@ -366,12 +370,15 @@ async def test_an_error_inside_the_context_closes_the_connection(
         await asyncio.wait_for(release.wait(), WAIT)
         return response
 
+    async def fail_after_the_first_chunk() -> None:
+        async with upstream.send(request(server)) as response:
+            await anext(response.iter_body())
+            raise RuntimeError("the client went away")
+
     server = await serve(handler)
     try:
         with pytest.raises(RuntimeError, match="the client went away"):
-            async with upstream.send(request(server)) as response:
-                await anext(response.iter_body())
-                raise RuntimeError("the client went away")
+            await fail_after_the_first_chunk()
         assert acquired(upstream) == 0
         assert pooled(upstream) == 0
     finally:

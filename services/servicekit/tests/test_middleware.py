@@ -16,6 +16,7 @@ from starlette.types import Message, Receive, Scope, Send
 from servicekit.context import current_request_id
 from servicekit.middleware import (
     ROUTE_SCOPE_KEY,
+    STATUS_SCOPE_KEY,
     AccessLogMiddleware,
     RequestIdMiddleware,
 )
@@ -201,6 +202,29 @@ async def test_an_app_that_raises_is_logged_as_500(
     assert response.status_code == 500
     [record] = access
     assert (record.route, record.status) == ("/boom", 500)
+
+
+async def test_a_request_left_unanswered_on_purpose_keeps_its_status(
+    asgi_client: ClientFactory, capture_logger: Capture
+) -> None:
+    async def client_went_away(scope: Scope, receive: Receive, send: Send) -> None:
+        scope[STATUS_SCOPE_KEY] = 499  # nothing is sent: there is nobody to send it to
+
+    access = capture_logger("access")
+    middleware = AccessLogMiddleware(client_went_away)
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope: Scope = {"type": "http", "method": "GET", "path": "/x", "headers": []}
+    await middleware(scope, receive, send)
+    assert sent == []
+    [record] = access
+    assert record.status == 499
 
 
 async def test_an_injected_logger_is_used(

@@ -83,9 +83,7 @@ async def test_access_log_can_be_turned_off(
     assert access == []
 
 
-async def test_logs_go_to_the_configured_file(
-    asgi_client: ClientFactory, tmp_path: Path
-) -> None:
+async def test_logs_go_to_the_configured_file(asgi_client: ClientFactory, tmp_path: Path) -> None:
     log_file = tmp_path / "api.log"
     async with asgi_client(demo_app(log_file=log_file)) as client:
         await client.get("/proxied/1")

@@ -3,6 +3,8 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
+import os
+from pathlib import Path
 
 import pytest
 from gunicorn.config import Config
@@ -10,13 +12,26 @@ from pydantic_settings import SettingsConfigDict
 from uvicorn_worker import UvicornWorker
 
 from servicekit.logs import JsonFormatter
-from servicekit.serving import gunicorn_logconfig, gunicorn_options
+from servicekit.serving import (
+    _OWNED_DIRS_ENV,
+    MULTIPROC_ENV,
+    gunicorn_logconfig,
+    gunicorn_options,
+    own_temp_dir,
+)
 from servicekit.settings import ServiceSettings
 from servicekit.workers import ProxyWorker, ServiceWorker
 
 
 class DemoSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="DEMO_")
+
+
+@pytest.fixture(autouse=True)
+def _metrics_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`gunicorn_options` exports a metrics directory; keep that out of this process."""
+    monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path / "metrics"))
+    monkeypatch.delenv(_OWNED_DIRS_ENV, raising=False)
 
 
 def settings() -> DemoSettings:
@@ -42,11 +57,30 @@ def test_options_are_what_the_settings_say() -> None:
 
 
 def test_gunicorn_accepts_every_option() -> None:
+    # Config.set validates each value, hooks' arity included.
     config = gunicorn_config(gunicorn_options(settings(), service_name="svc"))
     assert config.address == [("0.0.0.0", 8080)]
     assert config.workers == 3
     assert config.graceful_timeout == 20
     assert config.worker_class is ServiceWorker  # importable, and imported by gunicorn
+    assert config.proc_name == "svc"
+
+
+def test_an_exported_directory_is_kept(tmp_path: Path) -> None:
+    assert own_temp_dir(MULTIPROC_ENV, "svc-") == str(tmp_path / "metrics")
+    assert _OWNED_DIRS_ENV not in os.environ
+
+
+def test_a_new_directory_is_exported_for_the_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SERVING_TEST_DIR", raising=False)
+    made = own_temp_dir("SERVING_TEST_DIR", "svc-test-")
+    try:
+        assert os.path.isdir(made)
+        assert os.environ["SERVING_TEST_DIR"] == made
+        assert made in os.environ[_OWNED_DIRS_ENV].split(os.pathsep)  # removed on exit
+    finally:
+        os.rmdir(made)
+        monkeypatch.delenv("SERVING_TEST_DIR")
 
 
 @pytest.mark.parametrize("worker", [ServiceWorker, ProxyWorker])

@@ -8,6 +8,7 @@ paths — goes to FastAPI. The gateway's own paths always win over a route.
 
 from __future__ import annotations
 
+from fastapi.routing import iter_route_contexts
 from opentelemetry.trace import Tracer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -52,9 +53,11 @@ class ProxyDispatcher:
         # Read from the app on first use, so it always matches the routes it really has.
         if self._own_paths is None:
             app = scope["app"]
+            # `iter_route_contexts` also yields the routes of included routers (the probes),
+            # which FastAPI keeps as one opaque entry in `app.routes`.
             self._own_paths = frozenset(
                 path
-                for route in app.routes
-                if isinstance(path := getattr(route, "path", None), str)
+                for context in iter_route_contexts(app.routes)
+                if isinstance(path := context.path, str)
             )
         return self._own_paths

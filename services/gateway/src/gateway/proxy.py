@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from urllib.parse import urlsplit
 
 from opentelemetry import trace
 from opentelemetry.propagate import inject
@@ -38,7 +39,7 @@ from gateway.metrics import GatewayMetrics, RouteMetrics
 from gateway.routing import Route
 from gateway.upstream import Body, UpstreamClient, UpstreamRequest, UpstreamResponse
 from servicekit.context import request_id_var
-from servicekit.middleware import ROUTE_SCOPE_KEY
+from servicekit.middleware import ROUTE_SCOPE_KEY, STATUS_SCOPE_KEY
 from servicekit.problem import send_problem
 
 logger = logging.getLogger("gateway.proxy")
@@ -105,6 +106,7 @@ class Proxy:
     def __init__(self, routes: list[Route], metrics: GatewayMetrics, tracer: Tracer | None) -> None:
         self._metrics = {route.name: metrics.for_route(route.name) for route in routes}
         self._tracer = tracer
+        self._peers = {route.name: _peer(route) for route in routes}
 
     async def forward(
         self,
@@ -170,14 +172,14 @@ class Proxy:
                     metrics.in_flight.dec()
                     if body is not None:
                         metrics.request_bytes.inc(body.received)
-        except GatewayError as exc:
+        except Exception as exc:
+            # The upstream client may have wrapped our own body error into one of its own.
             error = body.error if body is not None and body.error is not None else exc
-            await _fail(error, route, send, started, metrics, counted=started)
-        except Exception:
-            # The upstream client wrapped our own body error into one of its own.
-            if body is None or body.error is None:
+            if not isinstance(error, GatewayError):
                 raise
-            await _fail(body.error, route, send, started, metrics, counted=started)
+            if isinstance(error, ClientGone):
+                scope[STATUS_SCOPE_KEY] = error.status  # logged and counted as 499, not 500
+            await _fail(error, route, send, started, metrics, counted=started)
 
     def _client_span(
         self, scope: Scope, route: Route, url: str, headers: list[tuple[str, str]]
@@ -191,12 +193,25 @@ class Proxy:
             server_span.update_name(f"{scope['method']} {route.prefix}")
             server_span.set_attribute("http.route", route.prefix)
             server_span.set_attribute("gateway.route", route.name)
-        return _traced(self._tracer, scope["method"], route, url, headers)
+        peer = self._peers[route.name]
+        return _traced(self._tracer, scope["method"], route, url, headers, peer=peer)
+
+
+def _peer(route: Route) -> tuple[str, int]:
+    """The upstream's host and port, as the semantic conventions name `server.*`."""
+    parts = urlsplit(route.origin)
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
 
 
 @contextmanager
 def _traced(
-    tracer: Tracer, method: str, route: Route, url: str, headers: list[tuple[str, str]]
+    tracer: Tracer,
+    method: str,
+    route: Route,
+    url: str,
+    headers: list[tuple[str, str]],
+    *,
+    peer: tuple[str, int],
 ) -> Iterator[Span]:
     with tracer.start_as_current_span(
         method,
@@ -204,7 +219,9 @@ def _traced(
         attributes={
             "http.request.method": method,
             "url.full": url,
-            "server.address": route.origin,
+            # A host name and a port, not a URL: backends draw uninstrumented peers by these.
+            "server.address": peer[0],
+            "server.port": peer[1],
             "gateway.route": route.name,
             "gateway.upstream": route.upstream,
         },

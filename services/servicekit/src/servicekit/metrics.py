@@ -31,7 +31,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from servicekit.middleware import route_label
+from servicekit.middleware import route_label, unanswered_status
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Latency buckets from 1 ms to 30 s: a proxy hop is milliseconds, a slow upstream seconds.
@@ -81,7 +81,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = 500
+        status: int | None = None
 
         async def send_and_record(message: Message) -> None:
             nonlocal status
@@ -97,7 +97,8 @@ class MetricsMiddleware:
             metrics.in_flight.dec()
             route = route_label(scope)
             method = scope["method"]
-            metrics.requests.labels(method, route, str(status)).inc()
+            recorded = status or unanswered_status(scope)
+            metrics.requests.labels(method, route, str(recorded)).inc()
             metrics.duration.labels(method, route).observe(time.perf_counter() - start)
 
 

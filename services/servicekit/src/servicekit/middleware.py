@@ -25,6 +25,9 @@ ROUTE_SCOPE_KEY = "servicekit.route"
 UNMATCHED_ROUTE = "unmatched"
 
 PROBE_PATHS = frozenset({"/livez", "/readyz", "/health", "/metrics"})
+# Set by a handler that ends a request without any response, such as the gateway when
+# the client went away (499): what the access log and metrics record instead of 500.
+STATUS_SCOPE_KEY = "servicekit.status"
 
 
 def incoming_request_id(scope: Scope) -> str | None:
@@ -35,6 +38,11 @@ def incoming_request_id(scope: Scope) -> str | None:
                 return str(value.decode("ascii"))
             return None
     return None
+
+
+def unanswered_status(scope: Scope) -> int:
+    """The status to record for a request that got no response at all."""
+    return int(scope.get(STATUS_SCOPE_KEY, 500))
 
 
 def route_label(scope: Scope) -> str:
@@ -94,7 +102,7 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = 500
+        status: int | None = None
 
         async def send_and_record(message: Message) -> None:
             nonlocal status
@@ -105,7 +113,7 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, send_and_record)
         finally:
-            self._log(scope, status, time.perf_counter() - start)
+            self._log(scope, status or unanswered_status(scope), time.perf_counter() - start)
 
     def _log(self, scope: Scope, status: int, seconds: float) -> None:
         level = logging.DEBUG if scope["path"] in PROBE_PATHS else logging.INFO

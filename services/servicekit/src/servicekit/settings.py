@@ -19,7 +19,7 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 class ServiceSettings(BaseSettings):
     """What every service needs to serve HTTP under gunicorn and to log."""
 
-    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", env_ignore_empty=True)
 
     host: str = Field(default="127.0.0.1", description="address to bind; 0.0.0.0 in containers")
     port: int = Field(default=8080, ge=1, le=65535)

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# `make e2e-compose`: build both images, start deploy/compose/compose.yaml, run tests/e2e
+# against the published gateway, then tests/compose (health, uid 10001, read-only root,
+# api.log on the host across a restart). The stack is always taken down with
+# `docker compose down -v`, also on failure (then its logs are printed first); a Docker
+# engine this script had to start is stopped again, one that was running is left alone.
+#
+# Environment: BASE_IMAGE (unset: the local Debian base from scripts/base-image.sh, as no
+# registry may be reachable), E2E_COMPOSE_PORT (18180, so it can run beside `make run`
+# and `make compose-up`), E2E_COMPOSE_PROJECT (unique per run), VERSION, REVISION.
+# Extra arguments go to the tests/e2e pytest run.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+BIN="$ROOT/.venv/bin"
+
+export COMPOSE_FILE="$ROOT/deploy/compose/compose.yaml"
+export COMPOSE_PROJECT_NAME=${E2E_COMPOSE_PROJECT:-platform-e2e-$$}
+export GATEWAY_HOST_PORT=${E2E_COMPOSE_PORT:-18180}
+export E2E_BASE_URL="http://127.0.0.1:$GATEWAY_HOST_PORT"
+REVISION=${REVISION:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
+export REVISION
+WAIT_TIMEOUT=180
+
+log() { printf '[e2e-compose] %s\n' "$*" >&2; }
+
+declare -A TIMINGS=()
+timed() { # timed NAME COMMAND...: run it, remember how long it took
+    local name=$1 start=$SECONDS
+    shift
+    "$@"
+    TIMINGS[$name]=$((SECONDS - start))
+}
+print_timings() {
+    local name
+    for name in engine base-image build up e2e compose-checks down; do
+        [[ -n ${TIMINGS[$name]:-} ]] && log "$(printf '%-15s %4ss' "$name" "${TIMINGS[$name]}")"
+    done
+    return 0
+}
+
+STARTED_ENGINE=0
+STACK_CREATED=0
+LOGS_DIR=
+on_exit() {
+    local rc=$?
+    set +e
+    trap - EXIT INT TERM
+    if ((STACK_CREATED)); then
+        if ((rc != 0)); then
+            log "FAILED (exit $rc): container states and logs follow"
+            docker compose ps -a >&2
+            docker compose logs --no-color --timestamps >"$LOGS_DIR/compose.log" 2>&1
+            docker compose logs --no-color --tail 200 >&2
+            log "full compose logs: $LOGS_DIR/compose.log (kept with api.log in $LOGS_DIR)"
+        fi
+        log "docker compose down -v"
+        timed down docker compose down -v --remove-orphans --timeout 45 >&2
+    fi
+    if [[ -n $LOGS_DIR ]] && ((rc == 0)); then
+        rm -rf "$LOGS_DIR"
+    fi
+    if ((STARTED_ENGINE)); then
+        "$ROOT/scripts/docker-engine.sh" down
+    fi
+    print_timings
+    exit "$rc"
+}
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# 1. An engine, and a base image that needs no registry.
+if ! timeout 10 docker info >/dev/null 2>&1; then
+    log "no Docker engine answers; starting one"
+    timed engine "$ROOT/scripts/docker-engine.sh" up
+    STARTED_ENGINE=1
+fi
+if [[ -z ${BASE_IMAGE:-} ]]; then
+    timed base-image "$ROOT/scripts/base-image.sh"
+    export BASE_IMAGE=platform-python-base:3.13-trixie
+fi
+log "base image $BASE_IMAGE, project $COMPOSE_PROJECT_NAME, gateway on $E2E_BASE_URL"
+
+# 2. Host directories for api.log that the containers' uid 10001 can write.
+LOGS_DIR=$(mktemp -d "${TMPDIR:-/tmp}/platform-e2e-compose.XXXXXX")
+export LOGS_DIR
+chmod 0755 "$LOGS_DIR"
+mkdir -p "$LOGS_DIR/gateway" "$LOGS_DIR/downstream-mock"
+if ((EUID == 0)); then
+    chown 10001:10001 "$LOGS_DIR/gateway" "$LOGS_DIR/downstream-mock"
+else
+    chmod 0777 "$LOGS_DIR/gateway" "$LOGS_DIR/downstream-mock"
+fi
+
+# 3. Build, then start and wait for both healthchecks.
+timed build docker compose build
+STACK_CREATED=1
+timed up docker compose up -d --wait --wait-timeout "$WAIT_TIMEOUT"
+docker compose ps >&2
+
+# 4. The e2e suite through the published port. Tests marked host_process read the
+# gateway's processes through /proc: the gunicorn master is PID 1 in its container,
+# so its host PID is the container's.
+gateway_pid() { docker inspect -f '{{.State.Pid}}' "$(docker compose ps -q gateway)"; }
+E2E_GATEWAY_PID=$(gateway_pid)
+export E2E_GATEWAY_PID
+log "gateway master: host PID $E2E_GATEWAY_PID"
+timed e2e "$BIN/pytest" "$ROOT/tests/e2e" -q -p no:cacheprovider "$@"
+
+# 5. What only the containers can show; restarts the gateway last.
+timed compose-checks "$BIN/pytest" "$ROOT/tests/compose" -q -p no:cacheprovider
+log "passed"
