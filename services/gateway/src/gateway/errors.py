@@ -20,9 +20,11 @@ class GatewayError(Exception):
     status: int = 500
     slug: str = "gateway-error"
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, *, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        # Sent with the problem response, e.g. WWW-Authenticate or Retry-After.
+        self.headers = headers or []
 
 
 class BadRequest(GatewayError):

@@ -307,5 +307,8 @@ async def _fail(
         # Too late for a status code: end the connection so the body reads as truncated.
         logger.warning("response cut short", extra={"route": route.name, "reason": error.detail})
         return
-    headers = [(b"connection", b"close")] if isinstance(error, BodyTooLarge) else []
+    headers = list(error.headers)
+    if isinstance(error, BodyTooLarge):
+        # The unread rest of the body would otherwise be parsed as the next request.
+        headers.append((b"connection", b"close"))
     await send_problem(send, error.status, error.detail, slug=error.slug, headers=headers)
