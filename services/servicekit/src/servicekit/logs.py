@@ -6,9 +6,11 @@ request can be followed across both services and into the tracing backend.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
-import logging.handlers
+import os
 import sys
 import time
 from pathlib import Path
@@ -58,6 +60,67 @@ def _iso_time(created: float) -> str:
     return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{millis:03d}Z"
 
 
+class SharedRotatingFileHandler(logging.Handler):
+    """A size-rotated log file that several processes append to safely.
+
+    Every gunicorn worker writes the same `api.log`. The stdlib `RotatingFileHandler`
+    assumes one writer: two workers would both rotate, and one would keep writing to the
+    renamed file. Here each write holds an exclusive `flock` on `<file>.lock`, reopens
+    the file if another process has rotated it, and rotates only when the write would
+    pass `max_bytes`.
+    """
+
+    def __init__(self, path: Path, *, max_bytes: int, backups: int) -> None:
+        super().__init__()
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._lock_fd = os.open(f"{path}.lock", os.O_WRONLY | os.O_CREAT, 0o644)
+        self._fd = self._open()
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            data = (self.format(record) + "\n").encode("utf-8", "replace")
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                self._follow_rotation()
+                size = os.fstat(self._fd).st_size
+                if self.backups and size and size + len(data) > self.max_bytes:
+                    self._rotate()
+                os.write(self._fd, data)
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        except Exception:
+            self.handleError(record)
+
+    def _follow_rotation(self) -> None:
+        try:
+            current = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current != os.fstat(self._fd).st_ino:
+            os.close(self._fd)
+            self._fd = self._open()
+
+    def _rotate(self) -> None:
+        for index in range(self.backups - 1, 0, -1):
+            older = Path(f"{self.path}.{index}")
+            if older.exists():
+                older.replace(f"{self.path}.{index + 1}")
+        self.path.replace(f"{self.path}.1")
+        os.close(self._fd)
+        self._fd = self._open()
+
+    def close(self) -> None:
+        for fd in (self._fd, self._lock_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        super().close()
+
+
 def configure_logging(
     level: str = "info",
     *,
@@ -73,11 +136,7 @@ def configure_logging(
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(
-            logging.handlers.RotatingFileHandler(
-                log_file, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
-            )
-        )
+        handlers.append(SharedRotatingFileHandler(log_file, max_bytes=max_bytes, backups=backups))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
