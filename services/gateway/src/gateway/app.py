@@ -18,8 +18,10 @@ from prometheus_client import CollectorRegistry
 from starlette.middleware import Middleware
 from starlette.responses import Response
 
-from gateway.dispatcher import UPSTREAM_STATE_KEY, ProxyDispatcher
+from gateway.dispatcher import GUARDS_STATE_KEY, UPSTREAM_STATE_KEY, ProxyDispatcher
+from gateway.guards import PolicyMetrics, build_guards
 from gateway.metrics import GatewayMetrics
+from gateway.ratelimit_redis import connect_redis
 from gateway.routing import RouteTable, load_route_table
 from gateway.settings import Settings
 from gateway.upstream import UpstreamClient
@@ -58,6 +60,7 @@ def create_app(
     registry = registry if registry is not None else new_registry()
     tracer_provider = tracer_provider or current_tracer_provider()
     tracer = tracer_provider.get_tracer("gateway", VERSION) if tracer_provider else None
+    policy_metrics = PolicyMetrics(registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -69,10 +72,27 @@ def create_app(
                 max_connections=settings.upstream_max_connections,
                 keepalive_seconds=settings.upstream_keepalive_seconds,
             )
+        redis_url = settings.redis_url
+        guards = build_guards(
+            routes.routes,
+            policy_metrics,
+            redis=connect_redis(
+                redis_url.get_secret_value(),
+                timeout=settings.redis_timeout_seconds,
+                max_connections=settings.redis_max_connections,
+            )
+            if redis_url is not None
+            else None,
+            redis_timeout=settings.redis_timeout_seconds,
+            memory_max_keys=settings.rate_limit_memory_max_keys,
+            trusted_proxy_hops=settings.trusted_proxy_hops,
+        )
         try:
-            yield {UPSTREAM_STATE_KEY: upstream}
+            await guards.start()
+            yield {UPSTREAM_STATE_KEY: upstream, GUARDS_STATE_KEY: guards}
         finally:
             health.start_draining()
+            await guards.aclose()
             await upstream.aclose()
 
     app = new_service_app(
@@ -84,7 +104,15 @@ def create_app(
         lifespan=lifespan,
         inner_middleware=[
             Middleware(
-                ProxyDispatcher, routes=routes, metrics=GatewayMetrics(registry), tracer=tracer
+                ProxyDispatcher,
+                routes=routes,
+                metrics=GatewayMetrics(registry),
+                tracer=tracer,
+                limits=RequestLimits(
+                    max_header_count=settings.max_header_count,
+                    max_header_bytes=int(settings.max_header_bytes),
+                    body_timeout=settings.client_body_timeout,
+                ),
             )
         ],
         registry=registry,

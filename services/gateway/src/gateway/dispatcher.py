@@ -4,15 +4,24 @@ A raw ASGI layer: paths under a route prefix go straight to `proxy.forward`, ski
 FastAPI's routing, dependency solving and Response objects, which would cost about
 half the gateway's throughput (see bench/). Everything else — /livez, /docs, unknown
 paths — goes to FastAPI. The gateway's own paths always win over a route.
+
+Before either, every request passes `hygiene.check_request` (header limits, control
+characters, methods, framing); a route's CORS preflight is answered here, and a
+request body that stops arriving times out (see `hygiene`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from fastapi.routing import iter_route_contexts
 from opentelemetry.trace import Tracer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.errors import BadPath
+from gateway.cors import Cors
+from gateway.errors import BadPath, GatewayError
+from gateway.hygiene import RequestLimits, check_request, has_body, with_body_timeout
+from gateway.guards import Guards
 from gateway.metrics import GatewayMetrics
 from gateway.paths import normalize
 from gateway.proxy import Proxy
@@ -21,6 +30,7 @@ from gateway.upstream import UpstreamClient
 from servicekit.problem import send_problem
 
 UPSTREAM_STATE_KEY = "upstream"
+GUARDS_STATE_KEY = "guards"
 
 
 class ProxyDispatcher:
@@ -45,9 +55,19 @@ class ProxyDispatcher:
         if route is None:
             await self.app(scope, receive, send)
             return
-        client: UpstreamClient = scope["state"][UPSTREAM_STATE_KEY]
+        state = scope["state"]
+        client: UpstreamClient = state[UPSTREAM_STATE_KEY]
+        guards: Guards = state[GUARDS_STATE_KEY]
         path = route.upstream_path(segments, trailing_slash)
-        await self.proxy.forward(scope, receive, send, route, path=path, client=client)
+        await self.proxy.forward(
+            scope,
+            receive,
+            send,
+            route,
+            path=path,
+            client=client,
+            guards=guards.by_route[route.name],
+        )
 
     def _own(self, scope: Scope) -> frozenset[str]:
         # Read from the app on first use, so it always matches the routes it really has.
@@ -61,3 +81,9 @@ class ProxyDispatcher:
                 if isinstance(path := context.path, str)
             )
         return self._own_paths
+
+
+async def _refuse(send: Send, error: GatewayError) -> None:
+    # The body, if any, was never read: closing keeps it from being parsed as a request.
+    headers = [*error.headers, (b"connection", b"close")]
+    await send_problem(send, error.status, error.detail, slug=error.slug, headers=headers)

@@ -14,7 +14,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from servicekit.metrics import LATENCY_BUCKETS
 
 # What happened to one attempt to reach an upstream.
-OUTCOMES = ("ok", "timeout", "connect_error", "broken", "client_gone", "body_too_large")
+OUTCOMES = (
+    "ok",
+    "timeout",
+    "connect_error",
+    "broken",
+    "client_gone",
+    "body_too_large",
+    "circuit_open",
+)
 
 
 @dataclass(frozen=True, slots=True)

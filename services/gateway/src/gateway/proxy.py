@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from opentelemetry import trace
@@ -25,18 +26,21 @@ from opentelemetry.propagate import inject
 from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer
 from starlette.types import Receive, Scope, Send
 
+from gateway.breaker import CircuitOpen
 from gateway.errors import (
     BadRequest,
     BodyTooLarge,
     ClientGone,
     GatewayError,
     UpstreamBroken,
+    UpstreamError,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from gateway.guards import RouteGuards
 from gateway.headers import downstream_response_headers, upstream_request_headers
 from gateway.metrics import GatewayMetrics, RouteMetrics
-from gateway.routing import Route
+from gateway.routing import Route, Timeouts
 from gateway.upstream import Body, UpstreamClient, UpstreamRequest, UpstreamResponse
 from servicekit.context import request_id_var
 from servicekit.middleware import ROUTE_SCOPE_KEY, STATUS_SCOPE_KEY
@@ -100,6 +104,46 @@ def body_framing(headers: list[tuple[bytes, bytes]]) -> tuple[int | None, bool]:
     return length, chunked
 
 
+@dataclass(slots=True)
+class _Exchange:
+    """One client request on its way upstream: what every attempt needs."""
+
+    scope: Scope
+    receive: Receive
+    send: Send
+    route: Route
+    client: UpstreamClient
+    guards: RouteGuards
+    metrics: RouteMetrics
+    url: str
+    headers: list[tuple[str, str]]
+    payload: Body
+    body: RequestBody | None
+    deadline: float
+    started: bool = False
+
+    @property
+    def replayable(self) -> bool:
+        # Only a body held whole may be sent twice; a streamed one is gone once sent.
+        return not isinstance(self.payload, RequestBody)
+
+
+class _Counted(Exception):
+    """An upstream error already counted in the outcome metric, on its way to `_fail`."""
+
+    def __init__(self, error: GatewayError) -> None:
+        super().__init__(error.detail)
+        self.error = error
+
+
+def _remaining(timeouts: Timeouts, seconds: float) -> Timeouts:
+    """The route's timeouts cut to what is left of its total, for a retry."""
+    left = max(seconds, 0.001)
+    return Timeouts.model_construct(
+        connect=min(timeouts.connect, left), read=min(timeouts.read, left), total=left
+    )
+
+
 class Proxy:
     """Forwards requests; holds what every request needs: metrics per route, a tracer."""
 
@@ -117,18 +161,27 @@ class Proxy:
         *,
         path: str,
         client: UpstreamClient,
+        guards: RouteGuards,
     ) -> None:
-        """Proxy the request in `scope` to `route`'s upstream at `path` (already encoded)."""
+        """Proxy the request in `scope` to `route`'s upstream at `path` (already encoded).
+
+        Order: framing and size checks, auth and rate limit, then up to `retry.attempts`
+        attempts, each asking the circuit breaker first. Nothing reaches the upstream
+        before the request is admitted.
+        """
         scope[ROUTE_SCOPE_KEY] = route.name
         metrics = self._metrics[route.name]
-        started = False
+        exchange: _Exchange | None = None
         body: RequestBody | None = None
         try:
             headers = scope["headers"]
             length, chunked = body_framing(headers)
-            payload: Body = None
             if length is not None and length > route.max_body_bytes:
                 raise BodyTooLarge(f"the body exceeds this route's {route.max_body_bytes} bytes")
+            client_addr = scope.get("client")
+            peer = client_addr[0] if client_addr else None
+            principal = await guards.admit(headers, peer)
+            payload: Body = None
             if length or chunked:
                 body = RequestBody(receive, route.max_body_bytes)
                 small = length and length <= SMALL_BODY_BYTES
@@ -137,49 +190,107 @@ class Proxy:
             url = route.origin + path
             if query:
                 url += "?" + query.decode("latin-1")
-            client_addr = scope.get("client")
-            upstream_headers = upstream_request_headers(
-                headers,
-                client_ip=client_addr[0] if client_addr else None,
-                scheme=scope["scheme"],
-                request_id=request_id_var.get() or "",
-                own_trace_context=self._tracer is not None,
+            exchange = _Exchange(
+                scope=scope,
+                receive=receive,
+                send=send,
+                route=route,
+                client=client,
+                guards=guards,
+                metrics=metrics,
+                url=url,
+                headers=upstream_request_headers(
+                    guards.upstream_headers(headers, principal),
+                    client_ip=peer,
+                    scheme=scope["scheme"],
+                    request_id=request_id_var.get() or "",
+                    own_trace_context=self._tracer is not None,
+                ),
+                payload=payload,
+                body=body,
+                deadline=time.monotonic() + route.timeouts.total,
             )
-            with self._client_span(scope, route, url, upstream_headers) as span:
-                metrics.in_flight.inc()
-                try:
-                    sent_at = time.perf_counter()
-                    request = UpstreamRequest(
-                        scope["method"], url, upstream_headers, payload, route.timeouts
-                    )
-                    async with client.send(request) as response:
-                        metrics.latency.observe(time.perf_counter() - sent_at)
-                        metrics.outcomes["ok"].inc()
-                        if span is not None:
-                            span.set_attribute("http.response.status_code", response.status)
-                        await send(
-                            {
-                                "type": "http.response.start",
-                                "status": response.status,
-                                "headers": downstream_response_headers(response.headers),
-                            }
-                        )
-                        started = True
-                        await _relay_body(
-                            response, receive, send, body is None or body.done, metrics
-                        )
-                finally:
-                    metrics.in_flight.dec()
-                    if body is not None:
-                        metrics.request_bytes.inc(body.received)
+            guards.start()
+            timeouts = route.timeouts
+            attempt = 1
+            while (delay := await self._attempt(exchange, attempt, timeouts)) is not None:
+                await asyncio.sleep(delay)
+                attempt += 1
+                timeouts = _remaining(route.timeouts, exchange.deadline - time.monotonic())
         except Exception as exc:
+            started = exchange is not None and exchange.started
+            counted = started or isinstance(exc, _Counted)
+            if isinstance(exc, _Counted):
+                exc = exc.error
             # The upstream client may have wrapped our own body error into one of its own.
             error = body.error if body is not None and body.error is not None else exc
             if not isinstance(error, GatewayError):
                 raise
             if isinstance(error, ClientGone):
                 scope[STATUS_SCOPE_KEY] = error.status  # logged and counted as 499, not 500
-            await _fail(error, route, send, started, metrics, counted=started)
+            await _fail(error, route, send, started, metrics, counted=counted)
+        finally:
+            if body is not None:
+                metrics.request_bytes.inc(body.received)
+
+    async def _attempt(self, ex: _Exchange, attempt: int, timeouts: Timeouts) -> float | None:
+        """One try at the upstream: relays its response and returns None, or returns the
+        delay before the next try, or raises what the client should be told."""
+        guards, metrics, method = ex.guards, ex.metrics, ex.scope["method"]
+        permit = guards.permit()
+        headers = list(ex.headers) if attempt > 1 else ex.headers  # each try its own span
+        try:
+            with self._client_span(ex.scope, ex.route, ex.url, headers) as span:
+                metrics.in_flight.inc()
+                try:
+                    sent_at = time.perf_counter()
+                    request = UpstreamRequest(method, ex.url, headers, ex.payload, timeouts)
+                    async with ex.client.send(request) as response:
+                        metrics.latency.observe(time.perf_counter() - sent_at)
+                        metrics.outcomes["ok"].inc()
+                        status = response.status
+                        if span is not None:
+                            span.set_attribute("http.response.status_code", status)
+                        guards.settle(permit, status)
+                        delay = guards.retry_delay(
+                            method,
+                            attempt,
+                            status,
+                            replayable=ex.replayable,
+                            remaining=ex.deadline - time.monotonic(),
+                        )
+                        if delay is not None:
+                            return delay  # leaving unread closes that connection
+                        await ex.send(
+                            {
+                                "type": "http.response.start",
+                                "status": status,
+                                "headers": downstream_response_headers(response.headers),
+                            }
+                        )
+                        ex.started = True
+                        body_done = ex.body is None or ex.body.done
+                        await _relay_body(response, ex.receive, ex.send, body_done, metrics)
+                        return None
+                finally:
+                    metrics.in_flight.dec()
+        except UpstreamError as exc:
+            if ex.started or (ex.body is not None and ex.body.error is not None):
+                raise
+            metrics.outcomes[_OUTCOME_OF.get(type(exc), "broken")].inc()
+            guards.settle(permit, exc)
+            delay = guards.retry_delay(
+                method,
+                attempt,
+                exc,
+                replayable=ex.replayable,
+                remaining=ex.deadline - time.monotonic(),
+            )
+            if delay is None:
+                raise _Counted(exc) from None
+            return delay
+        finally:
+            guards.release(permit)
 
     def _client_span(
         self, scope: Scope, route: Route, url: str, headers: list[tuple[str, str]]
@@ -282,6 +393,7 @@ _OUTCOME_OF = {
     UpstreamBroken: "broken",
     ClientGone: "client_gone",
     BodyTooLarge: "body_too_large",
+    CircuitOpen: "circuit_open",
 }
 
 

@@ -28,8 +28,12 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.auth_policy import ApiKeyPolicy, AuthPolicy, NoAuthPolicy
+from gateway.breaker import BreakerPolicy
 from gateway.errors import BadPath
 from gateway.paths import Segments, encode, normalize
+from gateway.ratelimit import RateLimitPolicy
+from gateway.retry import RetryPolicy
 
 
 class RouteTableError(SystemExit):
@@ -66,6 +70,17 @@ class RouteConfig(BaseModel):
     strip_prefix: bool = True
     timeout: Timeouts = Timeouts()
     max_body_bytes: ByteSize = Field(default=ByteSize(10 * 1024 * 1024), ge=0)
+    retry: RetryPolicy = RetryPolicy()
+    circuit_breaker: BreakerPolicy | None = None
+    auth: AuthPolicy = NoAuthPolicy()
+    rate_limit: RateLimitPolicy | None = None
+
+    @model_validator(mode="after")
+    def _rate_limit_key_has_a_source(self) -> Self:
+        key = self.rate_limit.key if self.rate_limit is not None else None
+        if key == "api_key" and not isinstance(self.auth, ApiKeyPolicy):
+            raise ValueError("rate_limit.key api_key needs auth.type api_key on the same route")
+        return self
 
     @field_validator("prefix")
     @classmethod
@@ -112,6 +127,29 @@ class RouteFile(BaseModel):
                 first[value] = index
         return self
 
+    @model_validator(mode="after")
+    def _shared_upstreams_agree(self) -> Self:
+        # Routes to one upstream origin share its breaker and retry budget, so they must
+        # not disagree about them.
+        seen: dict[str, tuple[int, RouteConfig]] = {}
+        for index, route in enumerate(self.routes):
+            origin = _origin(route.upstream)
+            if origin not in seen:
+                seen[origin] = (index, route)
+                continue
+            other_index, other = seen[origin]
+            for attr, mine, theirs in (
+                ("circuit_breaker", route.circuit_breaker, other.circuit_breaker),
+                ("retry.budget", route.retry.budget, other.retry.budget),
+            ):
+                if mine is not None and theirs is not None and mine != theirs:
+                    raise ValueError(
+                        f"route {route.name!r} (routes[{index}]) field {attr}: differs from"
+                        f" route {other.name!r} (routes[{other_index}]), which shares the"
+                        f" upstream {origin}"
+                    )
+        return self
+
 
 @dataclass(frozen=True, slots=True)
 class Route:
@@ -125,6 +163,10 @@ class Route:
     strip_prefix: bool
     timeouts: Timeouts
     max_body_bytes: int
+    retry: RetryPolicy
+    circuit_breaker: BreakerPolicy | None
+    auth: AuthPolicy
+    rate_limit: RateLimitPolicy | None
 
     @classmethod
     def from_config(cls, config: RouteConfig) -> Route:
@@ -139,6 +181,10 @@ class Route:
             strip_prefix=config.strip_prefix,
             timeouts=config.timeout,
             max_body_bytes=int(config.max_body_bytes),
+            retry=config.retry,
+            circuit_breaker=config.circuit_breaker,
+            auth=config.auth,
+            rate_limit=config.rate_limit,
         )
 
     @property
@@ -194,7 +240,8 @@ def load_route_table(path: Path, environ: dict[str, str] | None = None) -> Route
     except OSError as exc:
         raise RouteTableError(f"{where}: {exc.strerror or exc}") from None
     try:
-        expanded = expand_environment(text, os.environ if environ is None else environ)
+        env = os.environ if environ is None else environ
+        expanded = expand_environment(text, env)
     except RouteTableError as exc:
         raise RouteTableError(f"{where}: {exc}") from None
     try:
@@ -202,10 +249,16 @@ def load_route_table(path: Path, environ: dict[str, str] | None = None) -> Route
     except yaml.YAMLError as exc:
         raise RouteTableError(f"{where}: not valid YAML: {_one_line(str(exc))}") from None
     try:
-        route_file = RouteFile.model_validate(data)
+        # The auth policies read secrets from the same environment the file was expanded with.
+        route_file = RouteFile.model_validate(data, context={"environ": env})
     except ValidationError as exc:
         raise RouteTableError(f"{where}: {_describe(exc, data)}") from None
     return RouteTable([Route.from_config(c) for c in route_file.routes])
+
+
+def _origin(upstream: str) -> str:
+    parts = urlsplit(upstream)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _describe(exc: ValidationError, data: Any) -> str:

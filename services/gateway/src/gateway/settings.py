@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from servicekit.settings import ServiceSettings
@@ -26,4 +26,27 @@ class Settings(ServiceSettings):
         gt=0,
         le=300,
         description="idle upstream connections close after this; below the upstream's keep-alive",
+    )
+    client_body_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="seconds a request body may stop arriving before the gateway answers 408",
+    )
+    redis_url: SecretStr | None = Field(
+        default=None,
+        description="redis://host:6379/0; needed when a route uses rate_limit.backend redis",
+    )
+    redis_timeout_seconds: float = Field(
+        default=0.1, gt=0, le=5, description="per rate-limit check: connect, pool wait, reply"
+    )
+    redis_max_connections: int = Field(default=64, ge=1, le=10_000, description="per worker")
+    trusted_proxy_hops: int = Field(
+        default=0,
+        ge=0,
+        le=10,
+        description="proxies in front of the gateway whose X-Forwarded-For entries are trusted",
+    )
+    rate_limit_memory_max_keys: int = Field(
+        default=50_000, ge=1, le=10_000_000, description="per route and worker (memory backend)"
     )
