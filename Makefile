@@ -74,8 +74,13 @@ unit: install ## Fast in-process tests of every service
 e2e-local: install ## tests/e2e against real gunicorn processes on loopback (2 workers each)
 	scripts/e2e-local.sh
 
+.PHONY: observability
+observability: install ## Traces, exact metrics and every dashboard query, against real processes and Prometheus
+	scripts/ensure-apt.sh prometheus=prometheus
+	$(BIN)/pytest tests/observability -q -p no:cacheprovider
+
 .PHONY: test
-test: lint typecheck unit chart-test chart-validate e2e-local ## Everything CI checks
+test: lint typecheck unit chart-test chart-validate e2e-local observability ## Everything CI checks
 
 .PHONY: base-image
 base-image: ## Build the local Python base image from Debian packages (no registry needed)
