@@ -5,6 +5,8 @@
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BIN="$ROOT/.venv/bin"
 STARTED_PIDS=()
+# No collector runs locally; `OTEL_TRACES_EXPORTER=otlp make run` sends spans to one.
+export OTEL_TRACES_EXPORTER=${OTEL_TRACES_EXPORTER:-none}
 
 # start_mock PORT WORKERS LOGFILE
 start_mock() {
@@ -60,4 +62,6 @@ stop_started() {
         wait "$pid" 2>/dev/null || true
     done
     STARTED_PIDS=()
+# No collector runs locally; `OTEL_TRACES_EXPORTER=otlp make run` sends spans to one.
+export OTEL_TRACES_EXPORTER=${OTEL_TRACES_EXPORTER:-none}
 }
