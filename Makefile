@@ -79,8 +79,13 @@ observability: install ## Traces, exact metrics and every dashboard query, again
 	scripts/ensure-apt.sh prometheus=prometheus
 	$(BIN)/pytest tests/observability -q -p no:cacheprovider
 
+.PHONY: policies
+policies: install ## Gateway policies under faults and attack: real gunicorn, Redis and a JWKS server
+	scripts/ensure-apt.sh redis-server=redis-server
+	$(BIN)/pytest tests/policies -q -p no:cacheprovider
+
 .PHONY: test
-test: lint typecheck unit chart-test chart-validate e2e-local observability ## Everything CI checks
+test: lint typecheck unit chart-test chart-validate e2e-local observability policies ## Everything CI checks
 
 .PHONY: base-image
 base-image: ## Build the local Python base image from Debian packages (no registry needed)

@@ -246,6 +246,61 @@ def test_a_bad_file_is_one_line(write_routes: WriteRoutes, text: str, expected: 
     assert expected in load_error(write_routes(text))
 
 
+def test_routes_that_do_not_retry_have_no_say_in_a_shared_budget(
+    write_routes: WriteRoutes,
+) -> None:
+    # One retrying route sets a budget; the others to the same upstream never retry, so
+    # their (default) budget is not in effect and must not have to be copied.
+    path = write_routes(
+        """
+        routes:
+          - {name: plain, prefix: /plain, upstream: 'http://u'}
+          - name: retrying
+            prefix: /retrying
+            upstream: 'http://u'
+            retry: {attempts: 3, budget: {ratio: 0.1}}
+          - name: guarded
+            prefix: /guarded
+            upstream: 'http://u/base'
+            circuit_breaker: {consecutive_failures: 3}
+          - {name: after, prefix: /after, upstream: 'http://u', retry: {attempts: 1}}
+        """
+    )
+    assert [r.name for r in load_route_table(path, environ={}).routes] == [
+        "plain",
+        "retrying",
+        "guarded",
+        "after",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("second", "third", "field"),
+    [
+        ("retry: {attempts: 2, budget: {ratio: 0.1}}", "retry: {attempts: 2}", "retry.budget"),
+        (
+            "circuit_breaker: {open_seconds: 5}",
+            "circuit_breaker: {open_seconds: 9}",
+            "circuit_breaker",
+        ),
+    ],
+)
+def test_routes_that_share_an_upstream_policy_must_agree(
+    write_routes: WriteRoutes, second: str, third: str, field: str
+) -> None:
+    # The first route to the upstream sets neither, so the two that do are compared.
+    path = write_routes(
+        f"""
+        routes:
+          - {{name: first, prefix: /first, upstream: 'http://u'}}
+          - {{name: second, prefix: /second, upstream: 'http://u', {second}}}
+          - {{name: third, prefix: /third, upstream: 'http://u', {third}}}
+        """
+    )
+    message = load_error(path)
+    assert f"route 'third' (routes[2]) field {field}: differs from route 'second'" in message
+
+
 def test_a_missing_file_is_one_line(tmp_path: Path) -> None:
     message = load_error(tmp_path / "nope.yaml")
     assert "No such file or directory" in message

@@ -16,7 +16,9 @@ from downstream_mock.deps import SharedDep
 from downstream_mock.errors import MockProblem, problem_responses
 from downstream_mock.settings import Settings
 
-ItemId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+# SQLite integers are 64-bit signed; a larger number must be a 422, not an OverflowError.
+SQLITE_MAX_INT = 2**63 - 1
+ItemId = Annotated[int, Path(ge=1, le=SQLITE_MAX_INT)]
 
 
 class ItemIn(BaseModel):
@@ -66,7 +68,7 @@ def items_router(settings: Settings) -> APIRouter:
     def list_items(
         shared: SharedDep,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=SQLITE_MAX_INT)] = 0,
     ) -> ItemPage:
         rows, total = shared.store.list_items(limit=limit, offset=offset)
         items = [stored(item_id, ItemIn.model_validate_json(data)) for item_id, data in rows]

@@ -130,19 +130,19 @@ class RouteFile(BaseModel):
     @model_validator(mode="after")
     def _shared_upstreams_agree(self) -> Self:
         # Routes to one upstream origin share its breaker and retry budget, so they must
-        # not disagree about them.
-        seen: dict[str, tuple[int, RouteConfig]] = {}
+        # not disagree about them. Only routes that use one count: a route without a
+        # breaker, or that never retries (its budget is then only the default), has no say.
+        first: dict[tuple[str, str], tuple[int, RouteConfig, object]] = {}
         for index, route in enumerate(self.routes):
             origin = _origin(route.upstream)
-            if origin not in seen:
-                seen[origin] = (index, route)
-                continue
-            other_index, other = seen[origin]
-            for attr, mine, theirs in (
-                ("circuit_breaker", route.circuit_breaker, other.circuit_breaker),
-                ("retry.budget", route.retry.budget, other.retry.budget),
+            for attr, mine in (
+                ("circuit_breaker", route.circuit_breaker),
+                ("retry.budget", route.retry.budget if route.retry.enabled else None),
             ):
-                if mine is not None and theirs is not None and mine != theirs:
+                if mine is None:
+                    continue
+                other_index, other, theirs = first.setdefault((origin, attr), (index, route, mine))
+                if mine != theirs:
                     raise ValueError(
                         f"route {route.name!r} (routes[{index}]) field {attr}: differs from"
                         f" route {other.name!r} (routes[{other_index}]), which shares the"
