@@ -25,6 +25,8 @@ on_exit() {
 }
 trap on_exit EXIT
 
+# Nothing routes by our /readyz here, so a drain delay would only slow the teardown.
+export GATEWAY_DRAIN_DELAY=0 MOCK_DRAIN_DELAY=0
 start_mock "$MOCK_PORT" 2 "$LOG_DIR/mock.log"
 start_gateway "$GATEWAY_PORT" 2 "$MOCK_PORT" "$LOG_DIR/gateway.log"
 wait_ready "http://127.0.0.1:$MOCK_PORT/readyz" "$MOCK_PID"

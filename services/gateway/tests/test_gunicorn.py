@@ -105,3 +105,10 @@ def test_a_route_file_that_is_not_there_stops_start_up_with_one_line(tmp_path: P
     code, output = run_gunicorn(tmp_path, GATEWAY_ROUTES_FILE=str(missing))
     assert code != 0
     assert_one_line_about(output, str(missing))
+
+
+def test_a_drain_delay_as_long_as_the_grace_stops_start_up_with_one_line(tmp_path: Path) -> None:
+    code, output = run_gunicorn(tmp_path, GATEWAY_DRAIN_DELAY="30", GATEWAY_GRACEFUL_TIMEOUT="30")
+    assert code != 0
+    line = assert_one_line_about(output, "GATEWAY_DRAIN_DELAY", "GATEWAY_GRACEFUL_TIMEOUT")
+    assert line.startswith("invalid settings: GATEWAY_DRAIN_DELAY (30) must be less than")

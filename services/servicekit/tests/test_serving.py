@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from gunicorn.config import Config
 from pydantic_settings import SettingsConfigDict
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
 from servicekit.logs import JsonFormatter
@@ -95,9 +96,9 @@ def test_worker_classes_are_uvicorn_worker_subclasses(worker: type[UvicornWorker
 def test_the_proxy_worker_leaves_the_date_header_to_the_upstream() -> None:
     assert ProxyWorker.CONFIG_KWARGS["date_header"] is False
     assert "date_header" not in ServiceWorker.CONFIG_KWARGS
-    # What UvicornWorker chose (event loop, HTTP parser) is kept.
-    for key, value in UvicornWorker.CONFIG_KWARGS.items():
-        assert ProxyWorker.CONFIG_KWARGS[key] == value
+    # UvicornWorker's event loop is kept; the parser is httptools, with guards added.
+    assert ProxyWorker.CONFIG_KWARGS["loop"] == UvicornWorker.CONFIG_KWARGS["loop"]
+    assert issubclass(ProxyWorker.CONFIG_KWARGS["http"], HttpToolsProtocol)
 
 
 def test_the_master_logs_json(capsys: pytest.CaptureFixture[str]) -> None:

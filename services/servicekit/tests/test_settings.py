@@ -92,3 +92,53 @@ def test_several_problems_report_the_first_and_count_the_rest(
 def test_settings_error_stops_the_process() -> None:
     # gunicorn lets SystemExit out of its config file untouched: exit 1 and our line.
     assert issubclass(SettingsError, SystemExit)
+
+
+def test_drain_and_head_defaults() -> None:
+    settings = DemoSettings(name="demo")
+    assert settings.drain_delay == 5
+    assert settings.graceful_timeout == 30
+    assert settings.max_header_count == 100
+    assert settings.max_header_bytes == 32 * 1024
+    assert settings.client_header_timeout == 10
+
+
+def test_header_bytes_take_units(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEMO_NAME", "demo")
+    monkeypatch.setenv("DEMO_MAX_HEADER_BYTES", "64KiB")
+    assert load_settings(DemoSettings).max_header_bytes == 64 * 1024
+
+
+def test_a_drain_delay_of_zero_is_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEMO_NAME", "demo")
+    monkeypatch.setenv("DEMO_DRAIN_DELAY", "0")
+    assert load_settings(DemoSettings).drain_delay == 0
+
+
+@pytest.mark.parametrize(("delay", "grace"), [("30", "30"), ("31", "30"), ("5", "5")])
+def test_a_drain_delay_not_shorter_than_the_grace_is_one_line_naming_both(
+    monkeypatch: pytest.MonkeyPatch, delay: str, grace: str
+) -> None:
+    message = failure(
+        monkeypatch, DEMO_NAME="demo", DEMO_DRAIN_DELAY=delay, DEMO_GRACEFUL_TIMEOUT=grace
+    )
+    assert message.startswith("invalid settings: DEMO_DRAIN_DELAY ")
+    assert f"must be less than DEMO_GRACEFUL_TIMEOUT ({grace})" in message
+    assert "Value error" not in message
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DEMO_DRAIN_DELAY", "-1"),
+        ("DEMO_MAX_HEADER_COUNT", "0"),
+        ("DEMO_MAX_HEADER_BYTES", "10"),
+        ("DEMO_MAX_HEADER_BYTES", "lots"),
+        ("DEMO_CLIENT_HEADER_TIMEOUT", "0"),
+    ],
+)
+def test_each_bad_drain_or_head_setting_is_named(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    message = failure(monkeypatch, DEMO_NAME="demo", **{variable: value})
+    assert message.startswith(f"invalid setting {variable}: ")

@@ -18,8 +18,10 @@ from prometheus_client import CollectorRegistry
 from starlette.middleware import Middleware
 from starlette.responses import Response
 
+from gateway.cors import Cors
 from gateway.dispatcher import GUARDS_STATE_KEY, UPSTREAM_STATE_KEY, ProxyDispatcher
 from gateway.guards import PolicyMetrics, build_guards
+from gateway.hygiene import RequestLimits
 from gateway.metrics import GatewayMetrics
 from gateway.ratelimit_redis import connect_redis
 from gateway.routing import RouteTable, load_route_table
@@ -113,6 +115,7 @@ def create_app(
                     max_header_bytes=int(settings.max_header_bytes),
                     body_timeout=settings.client_body_timeout,
                 ),
+                cors={r.name: Cors(r.cors) for r in routes.routes if r.cors is not None},
             )
         ],
         registry=registry,

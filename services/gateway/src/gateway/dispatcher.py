@@ -20,8 +20,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.cors import Cors
 from gateway.errors import BadPath, GatewayError
-from gateway.hygiene import RequestLimits, check_request, has_body, with_body_timeout
 from gateway.guards import Guards
+from gateway.hygiene import RequestLimits, check_request, has_body, with_body_timeout
 from gateway.metrics import GatewayMetrics
 from gateway.paths import normalize
 from gateway.proxy import Proxy
@@ -33,17 +33,37 @@ UPSTREAM_STATE_KEY = "upstream"
 GUARDS_STATE_KEY = "guards"
 
 
+# The settings' defaults, for a dispatcher built without them (tests).
+DEFAULT_LIMITS = RequestLimits(max_header_count=100, max_header_bytes=32 * 1024, body_timeout=30)
+
+
 class ProxyDispatcher:
     def __init__(
-        self, app: ASGIApp, *, routes: RouteTable, metrics: GatewayMetrics, tracer: Tracer | None
+        self,
+        app: ASGIApp,
+        *,
+        routes: RouteTable,
+        metrics: GatewayMetrics,
+        tracer: Tracer | None,
+        limits: RequestLimits = DEFAULT_LIMITS,
+        cors: Mapping[str, Cors] | None = None,
     ) -> None:
         self.app = app
         self.routes = routes
         self.proxy = Proxy(routes.routes, metrics, tracer)
+        self.limits = limits
+        self.cors = dict(cors or {})  # by route name
         self._own_paths: frozenset[str] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self._own(scope):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refusal = check_request(scope, self.limits)
+        if refusal is not None:
+            await _refuse(send, refusal)
+            return
+        if scope["path"] in self._own(scope):
             await self.app(scope, receive, send)
             return
         try:
@@ -55,6 +75,16 @@ class ProxyDispatcher:
         if route is None:
             await self.app(scope, receive, send)
             return
+        cors = self.cors.get(route.name)
+        if cors is not None:
+            if cors.is_preflight(scope):
+                await cors.answer_preflight(scope, send)  # never forwarded nor authenticated
+                return
+            send = cors.wrap(scope, send)  # the gateway's own errors on this route too
+        if has_body(scope):
+            receive = with_body_timeout(
+                receive, self.limits.body_timeout, total=route.timeouts.total
+            )
         state = scope["state"]
         client: UpstreamClient = state[UPSTREAM_STATE_KEY]
         guards: Guards = state[GUARDS_STATE_KEY]

@@ -22,6 +22,7 @@ OUTCOMES = (
     "client_gone",
     "body_too_large",
     "circuit_open",
+    "client_timeout",
 )
 
 

@@ -39,6 +39,7 @@ from gateway.errors import (
 )
 from gateway.guards import RouteGuards
 from gateway.headers import downstream_response_headers, upstream_request_headers
+from gateway.hygiene import BodyTimeout
 from gateway.metrics import GatewayMetrics, RouteMetrics
 from gateway.routing import Route, Timeouts
 from gateway.upstream import Body, UpstreamClient, UpstreamRequest, UpstreamResponse
@@ -74,7 +75,11 @@ class RequestBody:
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while not self.done:
-            message = await self._receive()
+            try:
+                message = await self._receive()
+            except GatewayError as exc:  # the dispatcher's BodyTimeout: the client stalled
+                self.error = exc
+                raise
             if message["type"] == "http.disconnect":
                 self.error = ClientGone("the client went away while sending the body")
                 raise self.error
@@ -394,6 +399,7 @@ _OUTCOME_OF = {
     ClientGone: "client_gone",
     BodyTooLarge: "body_too_large",
     CircuitOpen: "circuit_open",
+    BodyTimeout: "client_timeout",
 }
 
 

@@ -30,6 +30,7 @@ from pydantic import (
 
 from gateway.auth_policy import ApiKeyPolicy, AuthPolicy, NoAuthPolicy
 from gateway.breaker import BreakerPolicy
+from gateway.cors import CorsPolicy
 from gateway.errors import BadPath
 from gateway.paths import Segments, encode, normalize
 from gateway.ratelimit import RateLimitPolicy
@@ -74,6 +75,7 @@ class RouteConfig(BaseModel):
     circuit_breaker: BreakerPolicy | None = None
     auth: AuthPolicy = NoAuthPolicy()
     rate_limit: RateLimitPolicy | None = None
+    cors: CorsPolicy | None = None
 
     @model_validator(mode="after")
     def _rate_limit_key_has_a_source(self) -> Self:
@@ -110,6 +112,8 @@ class RouteFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     routes: list[RouteConfig] = Field(min_length=1)
+    # The CORS policy of every route that does not set its own (`cors: null` opts out).
+    cors: CorsPolicy | None = None
 
     @model_validator(mode="after")
     def _names_and_prefixes_unique(self) -> Self:
@@ -167,9 +171,10 @@ class Route:
     circuit_breaker: BreakerPolicy | None
     auth: AuthPolicy
     rate_limit: RateLimitPolicy | None
+    cors: CorsPolicy | None
 
     @classmethod
-    def from_config(cls, config: RouteConfig) -> Route:
+    def from_config(cls, config: RouteConfig, default_cors: CorsPolicy | None = None) -> Route:
         parts = urlsplit(config.upstream)
         prefix_segments, _ = normalize(config.prefix.encode())
         return cls(
@@ -185,6 +190,7 @@ class Route:
             circuit_breaker=config.circuit_breaker,
             auth=config.auth,
             rate_limit=config.rate_limit,
+            cors=config.cors if "cors" in config.model_fields_set else default_cors,
         )
 
     @property
@@ -253,7 +259,7 @@ def load_route_table(path: Path, environ: dict[str, str] | None = None) -> Route
         route_file = RouteFile.model_validate(data, context={"environ": env})
     except ValidationError as exc:
         raise RouteTableError(f"{where}: {_describe(exc, data)}") from None
-    return RouteTable([Route.from_config(c) for c in route_file.routes])
+    return RouteTable([Route.from_config(c, route_file.cors) for c in route_file.routes])
 
 
 def _origin(upstream: str) -> str:

@@ -22,6 +22,7 @@ from servicekit.metrics import (
     render,
 )
 from servicekit.middleware import AccessLogMiddleware, RequestIdMiddleware
+from servicekit.policy import attach_policy, server_policy
 from servicekit.problem import install_problem_handlers
 from servicekit.settings import ServiceSettings
 from servicekit.tracing import UNTRACED_PATHS, current_tracer_provider
@@ -43,7 +44,7 @@ def new_service_app(
     tracer_provider: TracerProvider | None = None,
 ) -> FastAPI:
     """A FastAPI app with JSON logs, request ids, access logs, RED metrics, tracing,
-    probes, /metrics and problem+json.
+    probes, /metrics, problem+json, and the drain and head limits its worker applies.
 
     `inner_middleware` runs inside the request-id, access-log and metrics middleware,
     so whatever it answers (the gateway's proxy path, for one) is logged, counted and
@@ -70,6 +71,8 @@ def new_service_app(
     )
     install_problem_handlers(app)
     app.include_router(health_router(health))
+    # For the gunicorn worker (servicekit.workers): drain `health` on SIGTERM, guard heads.
+    attach_policy(app, server_policy(settings, health))
     _add_metrics_endpoint(app, registry)
     tracer_provider = tracer_provider or current_tracer_provider()
     if tracer_provider is not None:

@@ -83,8 +83,9 @@ def gunicorn_options(
         "workers": settings.workers,
         "worker_class": worker_class,
         "proc_name": service_name,
-        # On SIGTERM a worker stops accepting, finishes in-flight requests for up to
-        # this long, then is killed.
+        # On SIGTERM a worker keeps serving for drain_delay (readiness already 503), then
+        # stops accepting and finishes in-flight requests; gunicorn kills it this long
+        # after the SIGTERM, drain included (see servicekit.drain).
         "graceful_timeout": settings.graceful_timeout,
         # Must outlast the idle timeout of any connection pool in front of us, or the
         # pool may reuse a connection at the moment we close it.

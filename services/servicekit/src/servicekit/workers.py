@@ -1,10 +1,26 @@
-"""gunicorn worker classes: uvicorn workers with the headers a service should send."""
+"""gunicorn worker classes: uvicorn workers that drain on SIGTERM and guard request heads.
+
+The worker reads the app's `ServerPolicy` (see `servicekit.policy`: health to flip,
+drain delay, head limits) from the loaded app, and serves it with a `DrainingServer`
+(see `servicekit.drain`) and the `GuardedHttpToolsProtocol` (see `servicekit.protocol`).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import signal
+import sys
 from typing import Any, ClassVar
 
+from gunicorn.arbiter import Arbiter  # type: ignore[import-untyped]
 from uvicorn_worker import UvicornWorker  # type: ignore[import-untyped]
+
+from servicekit.drain import DrainingServer
+from servicekit.policy import policy_of
+from servicekit.protocol import GuardedHttpToolsProtocol
+
+logger = logging.getLogger("servicekit.workers")
 
 
 class ServiceWorker(UvicornWorker):  # type: ignore[misc]
@@ -13,7 +29,27 @@ class ServiceWorker(UvicornWorker):  # type: ignore[misc]
     CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
         **UvicornWorker.CONFIG_KWARGS,
         "server_header": False,
+        # httptools, with limits and a deadline on request heads (it has neither).
+        "http": GuardedHttpToolsProtocol,
+        # Only for h11, which a subclass could pick instead: its default is 16 KiB; the
+        # same ceiling as GuardedHttpToolsProtocol's default, twice the 32 KiB setting.
+        "h11_max_incomplete_event_size": 64 * 1024,
     }
+
+    async def _serve(self) -> None:
+        # UvicornWorker._serve (uvicorn-worker 0.4), with our server and a SIGQUIT that
+        # reaches it: uvicorn-worker's handler only sets gunicorn's `alive` flag, which
+        # uvicorn never reads, so gunicorn's quick shutdown waited for SIGKILL.
+        self.config.app = self.wsgi
+        policy = policy_of(self.wsgi)
+        if policy is None:
+            logger.warning("the app has no server policy: SIGTERM stops it without a drain")
+        server = DrainingServer(self.config, policy, graceful_timeout=self.cfg.graceful_timeout)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGQUIT, server.handle_exit, signal.SIGQUIT, None)
+        await server.serve(sockets=self.sockets)
+        if not server.started:
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
 
 
 class ProxyWorker(ServiceWorker):
