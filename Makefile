@@ -155,6 +155,10 @@ chart-test: install helm ## Chart unit tests: pytest over `helm template` output
 chart-validate: install helm ## Rendered manifests against the Kubernetes 1.27 and 1.32 schemas
 	$(BIN)/python deploy/helm/scripts/validate_manifests.py
 
+.PHONY: e2e-chart
+e2e-chart: install helm ## The rendered chart on Docker as a kubelet runs it: probes, helm test, tests/e2e
+	scripts/e2e-chart.sh
+
 .PHONY: chart-release
 chart-release: helm ## Package the chart as CHART_VERSION; push it when CHART_OCI_REPO is set
 	scripts/chart-release.sh

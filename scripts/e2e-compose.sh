@@ -11,9 +11,10 @@
 # Extra arguments go to the tests/e2e pytest run.
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+LOG_TAG=e2e-compose
+# shellcheck source=scripts/lib/docker.sh
+source "$(dirname "$0")/lib/docker.sh" # ROOT, BIN, log, timed, ensure_engine, ...
 cd "$ROOT"
-BIN="$ROOT/.venv/bin"
 
 export COMPOSE_FILE="$ROOT/deploy/compose/compose.yaml"
 export COMPOSE_PROJECT_NAME=${E2E_COMPOSE_PROJECT:-platform-e2e-$$}
@@ -23,24 +24,6 @@ REVISION=${REVISION:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 export REVISION
 WAIT_TIMEOUT=180
 
-log() { printf '[e2e-compose] %s\n' "$*" >&2; }
-
-declare -A TIMINGS=()
-timed() { # timed NAME COMMAND...: run it, remember how long it took
-    local name=$1 start=$SECONDS
-    shift
-    "$@"
-    TIMINGS[$name]=$((SECONDS - start))
-}
-print_timings() {
-    local name
-    for name in engine base-image build up e2e e2e-host compose-checks down; do
-        [[ -n ${TIMINGS[$name]:-} ]] && log "$(printf '%-15s %4ss' "$name" "${TIMINGS[$name]}")"
-    done
-    return 0
-}
-
-STARTED_ENGINE=0
 STACK_CREATED=0
 LOGS_DIR=
 on_exit() {
@@ -61,10 +44,8 @@ on_exit() {
     if [[ -n $LOGS_DIR ]] && ((rc == 0)); then
         rm -rf "$LOGS_DIR"
     fi
-    if ((STARTED_ENGINE)); then
-        "$ROOT/scripts/docker-engine.sh" down
-    fi
-    print_timings
+    stop_engine_if_started
+    print_timings engine base-image build up e2e e2e-host compose-checks down
     exit "$rc"
 }
 trap on_exit EXIT
@@ -72,15 +53,8 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # 1. An engine, and a base image that needs no registry.
-if ! timeout 10 docker info >/dev/null 2>&1; then
-    log "no Docker engine answers; starting one"
-    timed engine "$ROOT/scripts/docker-engine.sh" up
-    STARTED_ENGINE=1
-fi
-if [[ -z ${BASE_IMAGE:-} ]]; then
-    timed base-image "$ROOT/scripts/base-image.sh"
-    export BASE_IMAGE=platform-python-base:3.13-trixie
-fi
+ensure_engine
+ensure_base_image
 log "base image $BASE_IMAGE, project $COMPOSE_PROJECT_NAME, gateway on $E2E_BASE_URL"
 
 # 2. Host directories for api.log that the containers' uid 10001 can write.

@@ -106,8 +106,8 @@ def test_a_grace_period_shorter_than_the_drain_is_refused(render: Renderer, key:
 
 
 def test_the_prestop_command_really_waits(render: Renderer) -> None:
-    """The hook is exec'd in the image, which has python3 and no shell: run the exact
-    command here and time it."""
+    """The hook is exec'd in the image with no shell, relying on python3 alone: run the
+    exact command here and time it (`make e2e-chart` runs it in the images)."""
     manifests = render(gateway__preStopSleepSeconds=1)
     command = container(manifests.get("Deployment", "platform-gateway"))["lifecycle"]["preStop"][
         "exec"

@@ -97,7 +97,8 @@ Anything shorter SIGKILLs requests that were promised a graceful end, so it is r
 The preStop hook: wait, still serving, while the endpoint removal reaches kube-proxy,
 ingress controllers and load balancers; only then does the kubelet send SIGTERM. An exec
 of the image's own python rather than `lifecycle.preStop.sleep`, which needs Kubernetes
-1.30 (beta) and this chart supports 1.27: the images have no shell and no sleep binary.
+1.30 (beta) and this chart supports 1.27; python3 is the one program the image must have
+(the service runs on it), where a shell or `sleep` need not be there on a slimmer base.
 */}}
 {{- define "platform.preStop" -}}
 preStop:
