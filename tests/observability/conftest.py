@@ -16,15 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.harness.processes import ROOT, gateway_with_mock
 
-from .support import (
-    GATEWAY_SERVICE_NAME,
-    ROOT,
-    OtlpReceiver,
-    Service,
-    Stack,
-    start_service,
-)
+from .support import GATEWAY_SERVICE_NAME, OtlpReceiver, Stack
 
 
 @pytest.fixture(scope="session")
@@ -32,38 +26,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir: Path = tmp_path_factory.mktemp("observability")
     receiver = OtlpReceiver()
     receiver.start()
-    started: list[Service] = []
     otel = {
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         # Export a batch every 200 ms instead of every 5 s, so spans arrive quickly.
         "OTEL_BSP_SCHEDULE_DELAY": "200",
     }
     try:
-        mock = start_service(
-            "downstream-mock",
-            prefix="MOCK",
-            config=ROOT / "services/downstream-mock/gunicorn.conf.py",
-            app="downstream_mock.app:create_app()",
-            workdir=workdir,
+        with gateway_with_mock(
+            workdir,
             env=otel,
-        )
-        started.append(mock)
-        gateway = start_service(
-            "gateway",
-            prefix="GATEWAY",
-            config=ROOT / "services/gateway/gunicorn.conf.py",
-            app="gateway.app:create_app()",
-            workdir=workdir,
-            env={
-                **otel,
+            gateway_env={
                 "OTEL_SERVICE_NAME": GATEWAY_SERVICE_NAME,
                 "GATEWAY_ROUTES_FILE": str(ROOT / "services/gateway/routes.yaml"),
-                "MOCK_UPSTREAM": mock.url,
             },
-        )
-        started.append(gateway)
-        yield Stack(receiver=receiver, gateway=gateway, mock=mock, workdir=workdir)
+        ) as (gateway, mock):
+            yield Stack(receiver=receiver, gateway=gateway, mock=mock, workdir=workdir)
     finally:
-        for service in reversed(started):
-            service.stop()
         receiver.stop()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .support import ROOT
+from tests.harness.processes import ROOT
 
 DASHBOARD_DIR = ROOT / "deploy/helm/platform/dashboards"
 # uid -> (file, the job its `job` variable selects by default)

@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-
-from .support import ROOT
+from tests.harness.processes import ROOT
 
 CONFIG = ROOT / "deploy/otel-collector/config.yaml"
 SECTIONS = ("receivers", "processors", "exporters", "extensions", "connectors")

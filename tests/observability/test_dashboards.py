@@ -19,6 +19,8 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.harness.processes import wait_for
+from tests.harness.scrape import Scrape, scrape
 
 from .dashboards import (
     EXPECTED,
@@ -33,12 +35,9 @@ from .dashboards import (
 from .support import (
     PROBE_PATHS,
     Prometheus,
-    Scrape,
     Stack,
     prometheus_binary,
-    scrape,
     start_prometheus,
-    wait_for,
 )
 
 JOBS = {"gateway": "gateway", "downstream-mock": "mock"}

@@ -18,19 +18,11 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 import yaml
+from tests.harness.pinning import Pinned, PinnedConnection, pin_workers
+from tests.harness.processes import ROOT, WORKERS, Service, wait_for
+from tests.harness.scrape import Scrape, scrape
 
-from .support import (
-    ROOT,
-    WORKERS,
-    Pinned,
-    PinnedConnection,
-    Scrape,
-    Service,
-    Stack,
-    pin_workers,
-    scrape,
-    wait_for,
-)
+from .support import Stack
 
 N = 37
 PROCESS_FAMILIES = (

@@ -15,18 +15,15 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.harness.pinning import Pinned, pin_workers
+from tests.harness.processes import MOCK_APP, start_service, wait_for
 
 from .support import (
     GATEWAY_SERVICE_NAME,
     MOCK_SERVICE_NAME,
     PROBE_PATHS,
-    ROOT,
-    Pinned,
     ReceivedSpan,
     Stack,
-    pin_workers,
-    start_service,
-    wait_for,
 )
 
 SPAN_TIMEOUT = 15.0
@@ -272,9 +269,7 @@ def test_spans_are_flushed_when_a_worker_stops(stack: Stack) -> None:
     """
     mock = start_service(
         "mock-flush",
-        prefix="MOCK",
-        config=ROOT / "services/downstream-mock/gunicorn.conf.py",
-        app="downstream_mock.app:create_app()",
+        MOCK_APP,
         workdir=stack.workdir,
         env={
             "OTEL_EXPORTER_OTLP_ENDPOINT": stack.receiver.endpoint,

@@ -19,17 +19,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.harness.processes import gateway_with_mock
 
 from .support import (
-    ROOT,
     ROUTES_FILE,
     JwksServer,
     RedisServer,
     RsaKey,
-    Service,
     Stack,
     new_hs256_secret,
-    start_service,
 )
 
 
@@ -50,48 +48,31 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             hashlib.sha256(secrets.token_bytes(16)).hexdigest(),
         ]
     )
-    started: list[Service] = []
     try:
         redis.start()
         jwks.start()
-        mock = start_service(
-            "downstream-mock",
-            prefix="MOCK",
-            config=ROOT / "services/downstream-mock/gunicorn.conf.py",
-            app="downstream_mock.app:create_app()",
-            workdir=workdir,
-            env={},
-        )
-        started.append(mock)
-        gateway = start_service(
-            "gateway",
-            prefix="GATEWAY",
-            config=ROOT / "services/gateway/gunicorn.conf.py",
-            app="gateway.app:create_app()",
-            workdir=workdir,
-            env={
+        with gateway_with_mock(
+            workdir,
+            env={"OTEL_TRACES_EXPORTER": "none"},
+            gateway_env={
                 "GATEWAY_ROUTES_FILE": str(ROUTES_FILE),
                 "GATEWAY_REDIS_URL": redis.url,
                 "GATEWAY_TRUSTED_PROXY_HOPS": "1",
-                "MOCK_UPSTREAM": mock.url,
                 "POLICIES_JWKS_URL": jwks.url,
                 "POLICIES_HS256_SECRET": hs256_secret,
                 "POLICIES_API_KEYS": api_keys,
             },
-        )
-        started.append(gateway)
-        yield Stack(
-            gateway=gateway,
-            mock=mock,
-            redis=redis,
-            jwks=jwks,
-            hs256_secret=hs256_secret,
-            api_key=api_key,
-            rsa_keys=rsa_keys,
-            workdir=workdir,
-        )
+        ) as (gateway, mock):
+            yield Stack(
+                gateway=gateway,
+                mock=mock,
+                redis=redis,
+                jwks=jwks,
+                hs256_secret=hs256_secret,
+                api_key=api_key,
+                rsa_keys=rsa_keys,
+                workdir=workdir,
+            )
     finally:
-        for service in reversed(started):
-            service.stop()
         jwks.stop()
         redis.stop()

@@ -12,8 +12,9 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from tests.harness.scrape import scrape
 
-from .support import Stack, scrape
+from .support import Stack
 
 SPOOFED = {
     "X-Auth-Subject": "admin",
@@ -58,7 +59,7 @@ def test_the_right_key_is_let_through_as_its_subject(stack: Stack, client: httpx
 def test_a_missing_or_wrong_key_is_401(
     stack: Stack, client: httpx.Client, headers: dict[str, str], error: str | None
 ) -> None:
-    before = scrape(stack.mock.url).total("http_server_requests_total")
+    before = scrape(stack.mock).total("http_server_requests_total")
     headers = {k: v.format(key=stack.api_key) for k, v in headers.items()}
 
     response = client.get("/keyed/echo", headers=headers)
@@ -71,7 +72,7 @@ def test_a_missing_or_wrong_key_is_401(
         assert "error=" not in challenge, challenge
     else:
         assert error in challenge, challenge
-    assert scrape(stack.mock.url).total("http_server_requests_total") == before
+    assert scrape(stack.mock).total("http_server_requests_total") == before
 
 
 def test_spoofed_auth_headers_never_reach_the_mock_on_an_open_route(client: httpx.Client) -> None:

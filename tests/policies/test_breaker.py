@@ -11,8 +11,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from tests.harness.pinning import PinnedConnection, Reply, connect
+from tests.harness.scrape import scrape
 
-from .support import PinnedConnection, Reply, Stack, connect, median_ms, scrape
+from .support import Stack, median_ms
 
 # From tests/policies/routes.yaml, route `guarded`.
 CONSECUTIVE_FAILURES = 3
@@ -32,13 +34,11 @@ def pinned(stack: Stack) -> Iterator[PinnedConnection]:
 
 
 def mock_status_requests(stack: Stack) -> float:
-    return scrape(stack.mock.url).total("http_server_requests_total", route="/status/{code}")
+    return scrape(stack.mock).total("http_server_requests_total", route="/status/{code}")
 
 
 def circuit_state(stack: Stack, worker_pid: int) -> float:
-    states = scrape(stack.gateway.url).by_label(
-        "gateway_circuit_state", "pid", upstream=stack.upstream
-    )
+    states = scrape(stack.gateway).by_label("gateway_circuit_state", "pid", upstream=stack.upstream)
     assert str(worker_pid) in states, f"no gateway_circuit_state for worker {worker_pid}: {states}"
     return states[str(worker_pid)]
 
@@ -52,7 +52,7 @@ def logged_transitions(stack: Stack) -> list[str]:
 
 
 def transitions(stack: Stack) -> dict[str, float]:
-    return scrape(stack.gateway.url).by_label(
+    return scrape(stack.gateway).by_label(
         "gateway_circuit_transitions_total", "to", upstream=stack.upstream
     )
 

@@ -13,17 +13,10 @@ from collections.abc import Callable, Iterator
 import httpx
 import jwt
 import pytest
+from tests.harness.pinning import PinnedConnection, pin_workers
+from tests.harness.scrape import scrape
 
-from .support import (
-    REQUIRED_SCOPE,
-    PinnedConnection,
-    Stack,
-    claims,
-    handmade_token,
-    pinned_to_each_worker,
-    scrape,
-    unique,
-)
+from .support import REQUIRED_SCOPE, Stack, claims, handmade_token, unique
 
 # From tests/policies/routes.yaml, routes `jwt` and `jwks`.
 LEEWAY_SECONDS = 5
@@ -48,7 +41,7 @@ def hs256(stack: Stack, **overrides: object) -> str:
 
 
 def mock_requests(stack: Stack) -> float:
-    return scrape(stack.mock.url).total("http_server_requests_total")
+    return scrape(stack.mock).total("http_server_requests_total")
 
 
 def assert_unauthorized(response: httpx.Response, description: str | None) -> None:
@@ -192,7 +185,7 @@ def test_unknown_kids_refresh_the_key_set_at_most_once_per_interval(stack: Stack
     # each worker asks the JWKS server at most once per jwks_min_refresh_seconds.
     intruder = stack.rsa_keys["intruder"]
     time.sleep(JWKS_MIN_REFRESH_SECONDS + 0.1)  # whatever refreshed before is out of the way
-    with pinned_to_each_worker(stack.gateway) as workers:
+    with pin_workers(stack.gateway) as workers:
         before = stack.jwks.fetch_count()
         started = time.monotonic()
         sent = 0
@@ -215,7 +208,7 @@ def test_unknown_kids_refresh_the_key_set_at_most_once_per_interval(stack: Stack
 def test_key_rotation_new_kid_accepted_removed_kid_refused(stack: Stack) -> None:
     old, new = stack.rsa_keys["k1"], stack.rsa_keys["k2"]
     try:
-        with pinned_to_each_worker(stack.gateway) as workers:
+        with pin_workers(stack.gateway) as workers:
             for conn in workers:
                 assert_status(conn, old.sign(claims()), 200, "before the rotation")
             # The identity provider rotates: k2 in, k1 out.

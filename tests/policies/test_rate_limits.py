@@ -15,8 +15,11 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from tests.harness.pinning import Reply, pin_workers
+from tests.harness.processes import wait_for
+from tests.harness.scrape import scrape
 
-from .support import Reply, Stack, pinned_to_each_worker, scrape, wait_for
+from .support import Stack
 
 # From tests/policies/routes.yaml.
 MEMORY_BURST = 5
@@ -49,7 +52,7 @@ def as_reply(response: httpx.Response) -> Reply:
 
 
 def decisions(stack: Stack, route: str) -> dict[str, float]:
-    return scrape(stack.gateway.url).by_label(
+    return scrape(stack.gateway).by_label(
         "gateway_ratelimit_decisions_total", "decision", route=route
     )
 
@@ -62,7 +65,7 @@ def test_memory_limit_is_exactly_burst_on_one_connection(stack: Stack) -> None:
     """
     who = client_address("198.51.100.10")
     extra = 3
-    with pinned_to_each_worker(stack.gateway) as (first, second):
+    with pin_workers(stack.gateway) as (first, second):
         replies = [first.request("GET", "/limited/echo", who) for _ in range(MEMORY_BURST + extra)]
         statuses = [r.status for r in replies]
         assert statuses == [200] * MEMORY_BURST + [429] * extra, statuses
@@ -78,7 +81,7 @@ def test_redis_limit_is_exactly_burst_across_both_workers(stack: Stack) -> None:
     who = client_address("198.51.100.20")
     before = decisions(stack, "shared-limit")
     total = 2 * REDIS_BURST + 4
-    with pinned_to_each_worker(stack.gateway) as workers:
+    with pin_workers(stack.gateway) as workers:
         # Alternating between the workers: one bucket for both.
         replies = [
             (conn.worker_pid, conn.request("GET", "/shared-limit/echo", who))
@@ -136,33 +139,31 @@ def test_redis_down_follows_on_backend_error_and_recovers(
     """shared-limit fails closed (503), shared-lenient fails open (let through); both count
     every check Redis could not answer in gateway_ratelimit_backend_errors_total."""
     requests = 5
-    errors_before = scrape(stack.gateway.url).by_label(
+    errors_before = scrape(stack.gateway).by_label(
         "gateway_ratelimit_backend_errors_total", "route"
     )
     stack.redis.stop()
     try:
-        mock_before = scrape(stack.mock.url).total("http_server_requests_total")
+        mock_before = scrape(stack.mock).total("http_server_requests_total")
         for _ in range(requests):
             denied = client.get("/shared-limit/echo", headers=client_address("198.51.100.30"))
             assert denied.status_code == 503, denied.text
             assert denied.json()["type"] == "urn:platform:problem:rate-limit-unavailable"
             assert denied.headers["retry-after"] == "1"
-        assert scrape(stack.mock.url).total("http_server_requests_total") == mock_before
+        assert scrape(stack.mock).total("http_server_requests_total") == mock_before
 
         for _ in range(requests):
             allowed = client.get("/shared-lenient/echo", headers=client_address("198.51.100.30"))
             assert allowed.status_code == 200, allowed.text
             assert allowed.json()["path"] == "/echo"
 
-        errors = scrape(stack.gateway.url).by_label(
-            "gateway_ratelimit_backend_errors_total", "route"
-        )
+        errors = scrape(stack.gateway).by_label("gateway_ratelimit_backend_errors_total", "route")
         rise = {
             route: errors.get(route, 0) - errors_before.get(route, 0)
             for route in ("shared-limit", "shared-lenient")
         }
         assert rise == {"shared-limit": requests, "shared-lenient": requests}, rise
-        policies = scrape(stack.gateway.url).by_label(
+        policies = scrape(stack.gateway).by_label(
             "gateway_ratelimit_backend_errors_total", "policy", route="shared-limit"
         )
         assert set(policies) == {"deny"}, policies

@@ -16,8 +16,10 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from tests.harness.processes import Service
+from tests.harness.scrape import scrape
 
-from .support import Service, Stack, injected_faults, scrape, unique
+from .support import Stack, injected_faults, unique
 
 # From tests/policies/routes.yaml, route `retrying`.
 ATTEMPTS = 3
@@ -34,7 +36,7 @@ def client(stack: Stack) -> Iterator[httpx.Client]:
 
 
 def retries(stack: Stack) -> float:
-    return scrape(stack.gateway.url).total(RETRIES, route="retrying")
+    return scrape(stack.gateway).total(RETRIES, route="retrying")
 
 
 def calls_so_far(mock: Service, key: str, failures: int) -> int:
@@ -54,7 +56,7 @@ def test_get_succeeds_through_two_retries(stack: Stack, client: httpx.Client) ->
     assert calls_so_far(stack.mock, key, 2) == 3
     retried = retries(stack) - before
     assert retried == 2, f"gateway_upstream_retries_total rose by {retried}, not 2"
-    by_reason = scrape(stack.gateway.url).by_label(RETRIES, "reason", route="retrying")
+    by_reason = scrape(stack.gateway).by_label(RETRIES, "reason", route="retrying")
     assert by_reason.get("status_503", 0) >= 2, by_reason
 
 
@@ -105,14 +107,14 @@ def test_retries_stay_within_the_budget_under_total_failure(stack: Stack) -> Non
     The whole test must fit well inside one window for that to hold.
     """
     requests = 150
-    gateway_before = scrape(stack.gateway.url)
+    gateway_before = scrape(stack.gateway)
     earlier = gateway_before.total("http_server_requests_total", route="retrying")
     retries_before = gateway_before.total(RETRIES, route="retrying")
     exhausted_before = gateway_before.total("gateway_retry_budget_exhausted_total")
     workers = len(stack.gateway.wait_workers())
 
     with injected_faults(stack.mock, error_rate=1.0, error_status=503):
-        mock_before = scrape(stack.mock.url).total("http_server_requests_total")
+        mock_before = scrape(stack.mock).total("http_server_requests_total")
         started = time.monotonic()
         statuses: dict[int, int] = {}
         # A new connection per request, so the kernel spreads them over both workers.
@@ -122,9 +124,9 @@ def test_retries_stay_within_the_budget_under_total_failure(stack: Stack) -> Non
                 statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
                 assert response.headers.get("x-mock-fault") == "error", response.headers
         elapsed = time.monotonic() - started
-        mock_seen = scrape(stack.mock.url).total("http_server_requests_total") - mock_before
+        mock_seen = scrape(stack.mock).total("http_server_requests_total") - mock_before
 
-    after = scrape(stack.gateway.url)
+    after = scrape(stack.gateway)
     retried = after.total(RETRIES, route="retrying") - retries_before
     exhausted = after.total("gateway_retry_budget_exhausted_total") - exhausted_before
     floor = BUDGET_MIN_PER_SECOND * BUDGET_WINDOW_SECONDS
