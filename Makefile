@@ -84,8 +84,18 @@ policies: install ## Gateway policies under faults and attack: real gunicorn, Re
 	scripts/ensure-apt.sh redis-server=redis-server
 	$(BIN)/pytest tests/policies -q -p no:cacheprovider
 
+.PHONY: bench
+bench: install ## The load benchmark: the gateway beside a direct call, nginx and FastAPI+httpx (~8 min)
+	scripts/ensure-apt.sh wrk=wrk nginx=nginx
+	$(BIN)/python bench/run.py
+
+.PHONY: bench-smoke
+bench-smoke: install ## One second per path of the benchmark, so the script cannot rot (in make test)
+	scripts/ensure-apt.sh wrk=wrk nginx=nginx
+	$(BIN)/pytest bench/test_bench_smoke.py -q -p no:cacheprovider
+
 .PHONY: test
-test: lint typecheck unit chart-test chart-validate e2e-local observability policies ## Everything CI checks
+test: lint typecheck unit chart-test chart-validate e2e-local observability policies bench-smoke ## Everything CI checks
 
 .PHONY: base-image
 base-image: ## Build the local Python base image from Debian packages (no registry needed)
