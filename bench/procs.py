@@ -8,6 +8,7 @@ and is a context manager, so a failure or Ctrl-C stops everything too.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -24,6 +25,26 @@ from types import TracebackType
 import psutil
 
 STOP_TIMEOUT = 15.0
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the benchmark dies, even by SIGKILL.
+
+    The safety net under `Stack.stop_all`, for the one exit no `finally` survives.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def terminate_on_signals() -> None:
+    """Make SIGTERM and SIGHUP unwind like Ctrl-C, so `finally` blocks stop our servers."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGHUP, interrupt)
 
 
 def free_port() -> int:
@@ -45,6 +66,7 @@ class Service:
     popen: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    backend: bool = False  # stopped after everything else
 
     @property
     def pid(self) -> int:
@@ -73,13 +95,15 @@ class Service:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def cpu_seconds(processes: Sequence[psutil.Process]) -> dict[int, float]:
-    """user + system CPU seconds per PID, from /proc/<pid>/stat."""
+def cpu_seconds(
+    processes: Sequence[psutil.Process], *, system_only: bool = False
+) -> dict[int, float]:
+    """user + system (or only system) CPU seconds per PID, from /proc/<pid>/stat."""
     out: dict[int, float] = {}
     for proc in processes:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             times = proc.cpu_times()
-            out[proc.pid] = times.user + times.system
+            out[proc.pid] = times.system if system_only else times.user + times.system
     return out
 
 
@@ -158,6 +182,7 @@ class Stack:
         port: int,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        backend: bool = False,
     ) -> Service:
         log_path = self.workdir / f"{name}.log"
         with log_path.open("ab") as log:
@@ -171,8 +196,10 @@ class Stack:
                 # Its own session: a Ctrl-C in the terminal reaches only us, and we stop
                 # the services in order instead of racing them.
                 start_new_session=True,
+                # Safe here: services are started before any sampler thread runs.
+                preexec_fn=_die_with_parent,  # noqa: PLW1509
             )
-        service = Service(name=name, popen=popen, port=port, log_path=log_path)
+        service = Service(name=name, popen=popen, port=port, log_path=log_path, backend=backend)
         self.services.append(service)
         return service
 
@@ -200,24 +227,15 @@ class Stack:
             time.sleep(0.1)
 
     def stop_all(self) -> None:
-        """SIGTERM every service (newest first), then SIGKILL what outlives the bound."""
-        workers: list[psutil.Process] = []
-        for service in reversed(self.services):
-            # Remember the workers too: if the master has to be killed, they are next.
-            workers.extend(service.workers())
-            if service.popen.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(service.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        for service in reversed(self.services):
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                service.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
-            if service.popen.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(service.pid, signal.SIGKILL)
-                service.popen.wait(timeout=5)
-        for worker in workers:
-            _kill_if_left(worker, deadline)
+        """Stop the proxies, then what they talk to (the mock, the OTLP sink).
+
+        In that order so that a proxy's last requests and its final span flush still
+        find their upstreams. Each phase: SIGTERM, wait up to the bound, SIGKILL.
+        """
+        front = [s for s in self.services if not s.backend]
+        back = [s for s in self.services if s.backend]
+        for phase in (front, back):
+            _stop(phase)
         self.services.clear()
 
     def __enter__(self) -> Stack:
@@ -230,6 +248,26 @@ class Stack:
         tb: TracebackType | None,
     ) -> None:
         self.stop_all()
+
+
+def _stop(services: list[Service]) -> None:
+    workers: list[psutil.Process] = []
+    for service in services:
+        # Remember the workers too: if the master has to be killed, they are next.
+        workers.extend(service.workers())
+        if service.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(service.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    for service in services:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            service.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+        if service.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(service.pid, signal.SIGKILL)
+            service.popen.wait(timeout=5)
+    for worker in workers:
+        _kill_if_left(worker, deadline)
 
 
 def _kill_if_left(worker: psutil.Process, deadline: float) -> None:

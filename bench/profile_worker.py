@@ -18,6 +18,7 @@ Samples where the worker sits idle in the event loop's poll are not recorded.
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import subprocess
 import sys
@@ -28,31 +29,49 @@ from pathlib import Path
 
 import loadgen
 import servers
-from procs import Stack
+from procs import Stack, terminate_on_signals
 
 RESULTS = servers.BENCH / "results"
 
-# First match wins, checked from the leaf up: a sample's own time goes to the layer of
-# the innermost frame that belongs to one.
+# A sample whose stack holds one of these frames belongs to that layer whatever its
+# leaf: the work is done on that frame's behalf.
+OWNERS: list[tuple[str, str]] = [
+    ("FastAPI's per-request telemetry check (os.environ lookups)", "NativeTelemetry.enabled"),
+    ("access log (LogRecord, JSON formatter, write)", "AccessLogMiddleware._log"),
+]
+# Otherwise the first layer that claims a frame, from the leaf up, gets the sample.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("access log (logging, JSON formatter)", ("logging/", "servicekit/logs.py", "json/")),
-    ("request id + access-log middleware", ("servicekit/middleware.py", "uuid.py")),
+    ("logging, JSON (other log lines)", ("/logging/", "servicekit/logs.py", "/json/")),
+    (
+        "metrics (prometheus_client, multiprocess files)",
+        (
+            "/prometheus_client/",
+            "servicekit/metrics.py",
+            "gateway/metrics.py",
+        ),
+    ),
+    ("tracing (OpenTelemetry SDK + instrumentation)", ("/opentelemetry/",)),
+    ("request id + access-log middleware", ("servicekit/middleware.py", "/uuid.py")),
     ("gateway: headers", ("gateway/headers.py",)),
     ("gateway: path normalise + route match", ("gateway/paths.py", "gateway/routing.py")),
     ("gateway: dispatcher + proxy", ("gateway/dispatcher.py", "gateway/proxy.py")),
     ("gateway: upstream client seam", ("gateway/upstream",)),
-    ("aiohttp client (+ yarl, multidict)", ("aiohttp/", "yarl/", "multidict/")),
-    ("httpx / httpcore / anyio client", ("httpx/", "httpcore/", "anyio/", "sniffio/", "h11/")),
-    (
-        "FastAPI / Starlette (incl. FastAPI's native telemetry check)",
-        ("fastapi/", "starlette/", "pydantic", "opentelemetry/", "<frozen os>"),
-    ),
-    ("uvicorn server (httptools protocol, ASGI glue)", ("uvicorn/",)),
+    ("aiohttp client (+ yarl, multidict)", ("/aiohttp/", "/yarl/", "/multidict/")),
+    # httpcore retrying `import sniffio` where it is not installed.
+    ("import system (failed imports retried)", ("<frozen importlib", "/sniffio/", "sniffio.py")),
+    ("httpx / httpcore / anyio client", ("/httpx/", "/httpcore/", "/anyio/", "/h11/")),
+    ("FastAPI / Starlette", ("/fastapi/", "/starlette/", "/pydantic")),
+    ("uvicorn server (httptools protocol, ASGI glue)", ("/uvicorn/",)),
     ("baseline app", ("fastapi_httpx.py",)),
     # The loop's own frame as the leaf: uvloop's C code (poll, socket reads, callbacks).
     ("event loop (uvloop C code: poll, socket reads, scheduling)", ("asyncio/runners.py",)),
-    ("asyncio / contextlib glue", ("asyncio/", "contextlib.py", "<frozen _collections_abc>")),
+    ("asyncio / contextlib glue", ("/asyncio/", "/contextlib.py", "<frozen ")),
 ]
+
+
+# Leaves that are a thread sleeping; py-spy does not always see them as idle.
+_WAITS = ("Condition.wait (", "Event.wait (", "_wait_for_tstate_lock (")
+_PATH_ROOT = re.compile(r"^.*?(site-packages/|/src/|/lib/python3\.\d+/|/bench/)")
 
 
 def layer_of(frame: str) -> str | None:
@@ -60,6 +79,13 @@ def layer_of(frame: str) -> str | None:
         if any(n in frame for n in needles):
             return name
     return None
+
+
+def layer_of_stack(frames: list[str]) -> str:
+    for name, needle in OWNERS:
+        if any(needle in f for f in frames):
+            return name
+    return next((lay for f in reversed(frames) if (lay := layer_of(f))), "other")
 
 
 def summarise(collapsed: Path, top: int) -> str:
@@ -74,9 +100,10 @@ def summarise(collapsed: Path, top: int) -> str:
             continue
         count = int(count_text)
         frames = stack.split(";")
+        if any(w in frames[-1] for w in _WAITS):
+            continue  # a thread (the span exporter's) asleep on a condition, not working
         total += count
-        leaf_layer = next((lay for f in reversed(frames) if (lay := layer_of(f))), "other")
-        own_layer[leaf_layer] += count
+        own_layer[layer_of_stack(frames)] += count
         own_func[_short(frames[-1])] += count
         for func in {_short(f) for f in frames}:
             inclusive[func] += count
@@ -95,23 +122,33 @@ def _short(frame: str) -> str:
     """`func (/long/path/site-packages/pkg/mod.py:12)` -> `func (pkg/mod.py)`."""
     func, _, where = frame.partition(" (")
     path = where.rstrip(")").rsplit(":", 1)[0]
-    for marker in ("site-packages/", "/src/", "/lib/python3"):
-        if marker in path:
-            path = path.split(marker, 1)[1]
-            break
+    path = _PATH_ROOT.sub("", path)
     return f"{func} ({path})"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--target", choices=["gateway", "fastapi-httpx", "mock"], default="gateway")
+    parser.add_argument(
+        "--target",
+        choices=["gateway", "gateway+tracing", "fastapi-httpx", "fastapi-httpx-nosniffio", "mock"],
+        default="gateway",
+    )
+    parser.add_argument(
+        "--pythonpath", help="profile a gateway variant: modified sources in this directory"
+    )
     parser.add_argument("--body", type=int, default=100, help="bytes per response (100)")
     parser.add_argument("--duration", type=int, default=20, help="seconds of sampling (20)")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rate", type=int, default=200, help="samples per second (200)")
     parser.add_argument("--py-spy", default=shutil.which("py-spy"), help="py-spy binary")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument(
+        "--summarise", type=Path, metavar="FILE", help="only summarise collapsed stacks in FILE"
+    )
     args = parser.parse_args()
+    if args.summarise:
+        print(summarise(args.summarise, args.top))
+        return 0
     if not args.py_spy:
         print(
             "profile_worker: py-spy not found; install it outside the project, e.g.\n"
@@ -123,20 +160,30 @@ def main() -> int:
     if loadgen.wrk_path() is None:
         print(f"profile_worker: wrk not found: {servers.NGINX_INSTALL}", file=sys.stderr)
         return 2
+    terminate_on_signals()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    collapsed = RESULTS / f"profile-{args.target}-{args.body}.txt"
+    variant = "-variant" if args.pythonpath else ""
+    collapsed = RESULTS / f"profile-{args.target}{variant}-{args.body}.txt"
     workdir = Path(tempfile.mkdtemp(prefix="bench-profile-"))
     try:
         with Stack(workdir) as stack:
             mock = servers.start_mock(stack, workers=2)
             stack.wait_ready(mock, servers.READY_PATH)
-            if args.target == "gateway":
-                proxy = servers.start_gateway(stack, mock=mock, workers=1)
-            elif args.target == "fastapi-httpx":
-                proxy = servers.start_httpx_baseline(stack, mock=mock)
-            else:
-                proxy = mock
-            stack.wait_ready(proxy, servers.READY_PATH)
+            proxy = mock
+            if args.target != "mock":
+                tracing = args.target == "gateway+tracing"
+                sink = servers.start_otlp_sink(stack) if tracing else None
+                proxy = servers.start_proxy(
+                    stack,
+                    "gateway" if tracing else args.target,
+                    name=args.target,
+                    mock=mock,
+                    workers=1,
+                    otlp_endpoint=sink.base_url if sink else None,
+                    pythonpath=args.pythonpath,
+                )
+            for service in stack.services:
+                stack.wait_ready(service, servers.READY_PATH)
             prefix = "" if proxy is mock else servers.PREFIX
             url = f"{proxy.base_url}{prefix}/bytes/{args.body}"
             loadgen.run_wrk(url, duration=2, connections=args.connections)  # warm-up
@@ -162,7 +209,7 @@ def main() -> int:
                     "raw",
                     "--output",
                     str(collapsed),
-                    "--nonblocking",
+                    "--full-filenames",
                 ],
                 check=True,
                 timeout=args.duration + 60,

@@ -12,7 +12,6 @@ import os
 import pwd
 import shutil
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 
 from procs import Service, Stack, free_port
@@ -24,7 +23,7 @@ GUNICORN = str(BIN / "gunicorn")
 PREFIX = "/mock"
 READY_PATH = "/readyz"
 
-NGINX_INSTALL = "apt-get update && apt-get install -y nginx-light wrk"
+NGINX_INSTALL = "sudo apt-get update && sudo apt-get install -y nginx-light wrk"
 
 
 def nginx_path() -> str | None:
@@ -44,6 +43,8 @@ def start_mock(stack: Stack, *, workers: int) -> Service:
         # more of the two cores is left for what is measured.
         "MOCK_ACCESS_LOG": "false",
         "MOCK_LOG_LEVEL": "warning",
+        # No spans from the mock: exporting them would cost it CPU on every path.
+        "OTEL_TRACES_EXPORTER": "none",
     }
     return stack.start(
         "mock",
@@ -56,7 +57,18 @@ def start_mock(stack: Stack, *, workers: int) -> Service:
         port=port,
         env=env,
         cwd=ROOT,
+        backend=True,
     )
+
+
+# Tracing on, every request sampled, spans exported over OTLP/HTTP to the endpoint
+# given; the batch span processor keeps its defaults, as deployed.
+TRACING_ENV = {
+    "OTEL_TRACES_EXPORTER": "otlp",
+    "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+    "OTEL_TRACES_SAMPLER": "always_on",
+    "OTEL_SERVICE_NAME": "gateway-bench",
+}
 
 
 def start_gateway(
@@ -65,10 +77,21 @@ def start_gateway(
     mock: Service,
     workers: int,
     name: str = "gateway",
-    extra_env: Mapping[str, str] | None = None,
+    otlp_endpoint: str | None = None,
+    pythonpath: str | None = None,
 ) -> Service:
-    """The gateway as deployed: gunicorn, its own config, access log on (to a file)."""
+    """The gateway as deployed: gunicorn, its own config, access log on (to a file).
+
+    Tracing is off (`OTEL_TRACES_EXPORTER=none`) unless `otlp_endpoint` is given.
+    `pythonpath` goes first on PYTHONPATH: a directory holding modified copies of
+    `gateway`/`servicekit` runs those instead of the installed ones (an A/B variant).
+    """
     port = free_port()
+    tracing = (
+        {**TRACING_ENV, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_endpoint}
+        if otlp_endpoint
+        else {"OTEL_TRACES_EXPORTER": "none"}
+    )
     env = {
         "GATEWAY_PORT": str(port),
         "GATEWAY_WORKERS": str(workers),
@@ -76,12 +99,14 @@ def start_gateway(
         "GATEWAY_ACCESS_LOG": "true",
         "GATEWAY_LOG_LEVEL": "info",
         "MOCK_UPSTREAM": mock.base_url,
-        # Tracing off unless a path turns it on (see `TRACING_ENV` in run.py).
-        "OTEL_TRACES_EXPORTER": "none",
         "OTEL_METRICS_EXPORTER": "none",
         "OTEL_LOGS_EXPORTER": "none",
-        **(extra_env or {}),
+        **tracing,
     }
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (pythonpath, os.environ.get("PYTHONPATH")) if p
+        )
     return stack.start(
         name,
         [
@@ -96,11 +121,21 @@ def start_gateway(
     )
 
 
-def start_httpx_baseline(stack: Stack, *, mock: Service) -> Service:
-    """FastAPI route + one shared httpx.AsyncClient: the common pattern, for scale."""
+def start_httpx_baseline(
+    stack: Stack, *, mock: Service, name: str = "fastapi-httpx", without_sniffio: bool = False
+) -> Service:
+    """FastAPI route + one shared httpx.AsyncClient: the common pattern, for scale.
+
+    `without_sniffio` hides sniffio, as in an image built without the dev tools (see
+    baselines/without_sniffio/sniffio.py).
+    """
     port = free_port()
+    env = {"BASELINE_UPSTREAM": mock.base_url, "OTEL_TRACES_EXPORTER": "none"}
+    if without_sniffio:
+        shim = str(BENCH / "baselines" / "without_sniffio")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (shim, os.environ.get("PYTHONPATH")) if p)
     return stack.start(
-        "fastapi-httpx",
+        name,
         [
             GUNICORN,
             "--workers",
@@ -115,9 +150,38 @@ def start_httpx_baseline(stack: Stack, *, mock: Service) -> Service:
             "fastapi_httpx:create_app()",
         ],
         port=port,
-        env={"BASELINE_UPSTREAM": mock.base_url},
+        env=env,
         cwd=ROOT,
     )
+
+
+def start_proxy(
+    stack: Stack,
+    kind: str,
+    *,
+    name: str,
+    mock: Service,
+    workers: int,
+    otlp_endpoint: str | None = None,
+    pythonpath: str | None = None,
+) -> Service:
+    """Start one proxy of `kind`: gateway, nginx, fastapi-httpx, fastapi-httpx-nosniffio."""
+    if kind == "gateway":
+        return start_gateway(
+            stack,
+            mock=mock,
+            workers=workers,
+            name=name,
+            otlp_endpoint=otlp_endpoint,
+            pythonpath=pythonpath,
+        )
+    if kind == "nginx":
+        return start_nginx(stack, mock=mock, workers=workers)
+    if kind in ("fastapi-httpx", "fastapi-httpx-nosniffio"):
+        return start_httpx_baseline(
+            stack, mock=mock, name=name, without_sniffio=kind.endswith("nosniffio")
+        )
+    raise ValueError(f"unknown kind of proxy {kind!r}")
 
 
 def start_otlp_sink(stack: Stack) -> Service:
@@ -127,6 +191,7 @@ def start_otlp_sink(stack: Stack) -> Service:
         [sys.executable, str(BENCH / "otlp_sink.py"), "--port", str(port)],
         port=port,
         cwd=ROOT,
+        backend=True,
     )
 
 

@@ -63,6 +63,9 @@ def new_service_app(
         outer.append(Middleware(AccessLogMiddleware))
     outer.append(Middleware(MetricsMiddleware, metrics=HttpServerMetrics(registry)))
     app = FastAPI(
+        # FastAPI's own OpenTelemetry integration would trace and count every request a
+        # second time, through the global providers; servicekit does both explicitly.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         title=title,
         version=version,
         description=description,

@@ -38,8 +38,30 @@ def own_temp_dir(env_name: str, prefix: str) -> str:
         return existing
     path = tempfile.mkdtemp(prefix=prefix)
     os.environ[env_name] = path
+    _remember_owned(path)
+    return path
+
+
+def _remember_owned(path: str) -> None:
     owned = [p for p in os.environ.get(_OWNED_DIRS_ENV, "").split(os.pathsep) if p]
     os.environ[_OWNED_DIRS_ENV] = os.pathsep.join([*owned, path])
+
+
+def export_metrics_dir(service_name: str) -> str:
+    """First thing in a gunicorn config file: choose the metrics directory.
+
+    prometheus_client decides between single- and multi-process mode when it is first
+    imported, and a service's modules may import it, so this must run before the config
+    file imports anything of the service's. Workers inherit the variable. Only the name is
+    chosen here (the master's pid makes it unique); `on_starting` creates and empties it,
+    so a config file that then stops on a bad setting leaves nothing behind.
+    """
+    existing = os.environ.get(MULTIPROC_ENV)
+    if existing:
+        return existing
+    path = os.path.join(tempfile.gettempdir(), f"{service_name}-metrics-{os.getpid()}")
+    os.environ[MULTIPROC_ENV] = path
+    _remember_owned(path)
     return path
 
 
@@ -52,8 +74,9 @@ def gunicorn_options(
     """Values and hooks for the module namespace of a gunicorn config file."""
 
     def on_starting(server: Any) -> None:
-        # In the master, before any worker exists to inherit the environment.
-        own_temp_dir(MULTIPROC_ENV, f"{service_name}-metrics-")
+        # In the master, before any worker exists to inherit the environment; a config
+        # file that did not call export_metrics_dir still gets a shared directory.
+        export_metrics_dir(service_name)
         from servicekit.metrics import prepare_multiprocess_dir  # noqa: PLC0415
 
         prepare_multiprocess_dir()
