@@ -12,13 +12,14 @@ from downstream_mock.state import STATE_DIR_PREFIX
 from servicekit.serving import gunicorn_options
 
 CONF = Path(__file__).resolve().parents[1] / "gunicorn.conf.py"
-OWNED = "DOWNSTREAM_MOCK_OWNED_STATE_DIR"
+# What servicekit.serving records of the temporary directories the master made.
+OWNED = "SERVICEKIT_OWNED_TEMP_DIRS"
 
 
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     # setenv first, so that monkeypatch restores the absence of what the file sets.
-    for name in ("MOCK_STATE_DIR", OWNED):
+    for name in ("MOCK_STATE_DIR", OWNED, "PROMETHEUS_MULTIPROC_DIR"):
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
     return monkeypatch
