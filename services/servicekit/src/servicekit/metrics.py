@@ -29,9 +29,9 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from servicekit.middleware import route_label, unanswered_status
+from servicekit.middleware import StatusRecorder, route_label
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Latency buckets from 1 ms to 30 s: a proxy hop is milliseconds, a slow upstream seconds.
@@ -81,24 +81,17 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status: int | None = None
-
-        async def send_and_record(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        recorder = StatusRecorder(send)
         metrics = self.metrics
         metrics.in_flight.inc()
         try:
-            await self.app(scope, receive, send_and_record)
+            await self.app(scope, receive, recorder)
         finally:
             metrics.in_flight.dec()
             route = route_label(scope)
             method = scope["method"]
-            recorded = status or unanswered_status(scope)
-            metrics.requests.labels(method, route, str(recorded)).inc()
+            status = recorder.final_status(scope)
+            metrics.requests.labels(method, route, str(status)).inc()
             metrics.duration.labels(method, route).observe(time.perf_counter() - start)
 
 

@@ -55,6 +55,25 @@ def route_label(scope: Scope) -> str:
     return path if isinstance(path, str) else UNMATCHED_ROUTE
 
 
+class StatusRecorder:
+    """A `send` that remembers the response status on its way through."""
+
+    __slots__ = ("send", "status")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status: int | None = None
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self.send(message)
+
+    def final_status(self, scope: Scope) -> int:
+        """The status sent, or what to record for a request that got none (499 or 500)."""
+        return self.status or unanswered_status(scope)
+
+
 class RequestIdMiddleware:
     """Keeps a valid incoming X-Request-ID or makes one, and puts it on every response.
 
@@ -102,18 +121,11 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status: int | None = None
-
-        async def send_and_record(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        recorder = StatusRecorder(send)
         try:
-            await self.app(scope, receive, send_and_record)
+            await self.app(scope, receive, recorder)
         finally:
-            self._log(scope, status or unanswered_status(scope), time.perf_counter() - start)
+            self._log(scope, recorder.final_status(scope), time.perf_counter() - start)
 
     def _log(self, scope: Scope, status: int, seconds: float) -> None:
         level = logging.DEBUG if scope["path"] in PROBE_PATHS else logging.INFO
