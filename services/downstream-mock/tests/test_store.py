@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import subprocess
 import sys
 import threading
@@ -107,3 +108,21 @@ def test_wal_mode(tmp_path: Path) -> None:
     store.count_call("k")
     assert (tmp_path / "db-wal").exists()
     store.close()
+
+
+def _open_and_close(path: str) -> None:
+    Store(Path(path)).close()
+
+
+def test_workers_starting_at_once_all_set_up_the_same_file(tmp_path: Path) -> None:
+    # gunicorn forks its workers together; each opens the fresh database and switches it
+    # to WAL, which SQLite may refuse at once with "database is locked".
+    context = multiprocessing.get_context("fork")
+    for round_ in range(5):
+        path = tmp_path / f"round-{round_}.db"
+        workers = [context.Process(target=_open_and_close, args=(str(path),)) for _ in range(8)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=30)
+        assert [w.exitcode for w in workers] == [0] * 8, f"round {round_}"

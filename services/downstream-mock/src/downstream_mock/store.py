@@ -12,8 +12,12 @@ connection, as the sqlite3 module expects.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # How long a writer waits for another worker's transaction before giving up.
@@ -31,6 +35,16 @@ CREATE TABLE IF NOT EXISTS flaky (
 """
 
 
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    fd = os.open(lock_path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 class Store:
     """The SQLite database of one state directory. Items are stored as opaque JSON text."""
 
@@ -40,10 +54,12 @@ class Store:
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         conn = self._conn()
-        # Persistent for the database file; concurrent workers starting at once just
-        # wait for each other through the busy timeout.
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.executescript(_SCHEMA)
+        # Workers starting at once set up the same file. Switching it to WAL can fail
+        # with "database is locked" at once, without waiting out the busy timeout, so the
+        # set-up is serialised with a file lock instead.
+        with _exclusive(path.with_name(path.name + ".init-lock")):
+            conn.execute("PRAGMA journal_mode=WAL")  # persistent for the database file
+            conn.executescript(_SCHEMA)
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
