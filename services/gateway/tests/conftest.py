@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Scope
 from gateway.app import create_app
 from gateway.settings import Settings
 from servicekit.logs import JsonFormatter
+from servicekit.testing import LoggerCapture
 
 Handler = Callable[[httpx.Request], httpx.Response | Awaitable[httpx.Response]]
 AppFactory = Callable[..., AbstractAsyncContextManager[ASGIApp]]
@@ -190,35 +191,12 @@ def raw_request() -> Callable[..., Awaitable[Exchange]]:
     return call
 
 
-class RecordList(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture
 def capture_logger() -> Iterator[Callable[[str], list[logging.LogRecord]]]:
-    """`capture_logger("access")`: a list that fills with that logger's records (DEBUG+).
-
-    pytest's caplog cannot do this here: `create_app` replaces the root logger's handlers.
-    """
-    attached: list[tuple[logging.Logger, RecordList, int]] = []
-
-    def attach(name: str) -> list[logging.LogRecord]:
-        logger = logging.getLogger(name)
-        handler = RecordList()
-        attached.append((logger, handler, logger.level))
-        logger.addHandler(handler)
-        logger.setLevel(logging.DEBUG)
-        return handler.records
-
-    yield attach
-    for logger, handler, level in attached:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+    """`capture_logger("access")`: a list that fills with that logger's records (DEBUG+)."""
+    capture = LoggerCapture()
+    yield capture
+    capture.restore()
 
 
 @pytest.fixture(autouse=True)

@@ -10,36 +10,15 @@ import pytest
 from starlette.types import ASGIApp
 
 from servicekit.logs import JsonFormatter
-
-
-class RecordList(logging.Handler):
-    """Keeps every record it is given, for assertions on structured fields."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
+from servicekit.testing import LoggerCapture
 
 
 @pytest.fixture
 def capture_logger() -> Iterator[Callable[[str], list[logging.LogRecord]]]:
     """`capture_logger("access")`: a list that fills with that logger's records (DEBUG+)."""
-    attached: list[tuple[logging.Logger, RecordList, int]] = []
-
-    def attach(name: str) -> list[logging.LogRecord]:
-        logger = logging.getLogger(name)
-        handler = RecordList()
-        attached.append((logger, handler, logger.level))
-        logger.addHandler(handler)
-        logger.setLevel(logging.DEBUG)
-        return handler.records
-
-    yield attach
-    for logger, handler, level in attached:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+    capture = LoggerCapture()
+    yield capture
+    capture.restore()
 
 
 @pytest.fixture
