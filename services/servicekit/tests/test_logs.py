@@ -41,6 +41,23 @@ def test_standard_fields() -> None:
     assert "trace_id" not in entry
 
 
+def test_timestamps_are_exact_utc_milliseconds() -> None:
+    # Records from the same second and from the next: the per-second cache must not
+    # hand one second's text to another.
+    stamps = [1700000000.0, 1700000000.999, 1700000001.5, 1700000000.25]
+    texts = []
+    for created in stamps:
+        record = make_record("x")
+        record.created = created
+        texts.append(formatted(record)["ts"])
+    assert texts == [
+        "2023-11-14T22:13:20.000Z",
+        "2023-11-14T22:13:20.999Z",
+        "2023-11-14T22:13:21.500Z",
+        "2023-11-14T22:13:20.250Z",
+    ]
+
+
 def test_request_id_from_context() -> None:
     token = request_id_var.set("req-123")
     try:
@@ -125,3 +142,24 @@ def test_stdout_lines_are_json(capsys: pytest.CaptureFixture[str]) -> None:
     logging.getLogger("demo").info("to stdout")
     out = capsys.readouterr().out.splitlines()
     assert json.loads(out[-1])["msg"] == "to stdout"
+
+
+def test_a_record_is_formatted_once_for_all_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
+    formatter = JsonFormatter()
+    built: list[str] = []
+    original = JsonFormatter._format
+
+    def counting(self: JsonFormatter, record: logging.LogRecord) -> str:
+        line = original(self, record)
+        built.append(line)
+        return line
+
+    monkeypatch.setattr(JsonFormatter, "_format", counting)
+    record = make_record("to stdout and to the file")
+    first, second = formatter.format(record), formatter.format(record)
+    assert first == second
+    assert len(built) == 1
+    # Another formatter (another configuration) builds its own line.
+    assert json.loads(JsonFormatter().format(record)) == json.loads(first)
+    assert len(built) == 2
+    assert "_servicekit_json" not in json.loads(first)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -30,9 +31,21 @@ _STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {
 
 
 class JsonFormatter(logging.Formatter):
-    """Formats a record as one JSON object; `extra=` fields become top-level keys."""
+    """Formats a record as one JSON object; `extra=` fields become top-level keys.
+
+    A record goes to stdout and, with a log file, to the file too: each handler asks
+    for it, so the line is built once and kept on the record for the next one.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
+        cached = record.__dict__.get("_servicekit_json")
+        if cached is not None and cached[0] is self:
+            return str(cached[1])
+        line = self._format(record)
+        record._servicekit_json = (self, line)  # type: ignore[attr-defined]
+        return line
+
+    def _format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "ts": _iso_time(record.created),
             "level": record.levelname.lower(),
@@ -57,7 +70,13 @@ class JsonFormatter(logging.Formatter):
 def _iso_time(created: float) -> str:
     seconds = int(created)
     millis = int((created - seconds) * 1000)
-    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{millis:03d}Z"
+    return f"{_iso_second(seconds)}.{millis:03d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _iso_second(seconds: int) -> str:
+    # Formatted once per second, not once per line: lines come in bursts.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 class SharedRotatingFileHandler(logging.Handler):

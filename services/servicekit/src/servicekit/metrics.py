@@ -25,6 +25,7 @@ from prometheus_client import (
     Histogram,
     ProcessCollector,
     generate_latest,
+    values,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
@@ -183,3 +184,20 @@ def worker_exited(pid: int) -> None:
     """In the gunicorn master when a worker exits: drop its live gauges."""
     if multiprocess_dir() is not None:
         mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+def pin_worker_pid() -> bool:
+    """In a gunicorn worker right after fork: stop prometheus_client asking for the pid.
+
+    In multiprocess mode every `inc` and `observe` calls `os.getpid()` (a system call)
+    to notice a fork; a gunicorn worker never forks again, so its pid is fixed here, for
+    every metric value created from now on. Done only when the master made no metric
+    values of its own (no `*_<master pid>.db` file): those would reopen this worker's
+    files through a second, unpinned value class. Returns whether the pid was pinned.
+    """
+    directory = multiprocess_dir()
+    if directory is None or any(directory.glob(f"*_{os.getppid()}.db")):
+        return False
+    pid = os.getpid()
+    values.ValueClass = values.MultiProcessValue(process_identifier=lambda: pid)
+    return True

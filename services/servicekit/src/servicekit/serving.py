@@ -82,8 +82,10 @@ def gunicorn_options(
         prepare_multiprocess_dir()
 
     def post_fork(server: Any, worker: Any) -> None:
+        from servicekit.metrics import pin_worker_pid  # noqa: PLC0415
         from servicekit.tracing import install_tracer_provider  # noqa: PLC0415
 
+        pin_worker_pid()  # before the app, and with it any metric, exists
         install_tracer_provider(service_name)
 
     def worker_exit(server: Any, worker: Any) -> None:
