@@ -46,6 +46,7 @@ from gateway.upstream import Body, UpstreamClient, UpstreamRequest, UpstreamResp
 from servicekit.context import request_id_var
 from servicekit.middleware import ROUTE_SCOPE_KEY, STATUS_SCOPE_KEY
 from servicekit.problem import send_problem
+from servicekit.server_span import HTTP_ROUTE_SCOPE_KEY
 
 logger = logging.getLogger("gateway.proxy")
 
@@ -175,6 +176,12 @@ class Proxy:
         before the request is admitted.
         """
         scope[ROUTE_SCOPE_KEY] = route.name
+        # servicekit's server span takes its name and `http.route` from this.
+        scope[HTTP_ROUTE_SCOPE_KEY] = route.prefix
+        if self._tracer is not None:
+            server_span = trace.get_current_span()
+            if server_span.is_recording():
+                server_span.set_attribute("gateway.route", route.name)
         metrics = self._metrics[route.name]
         exchange: _Exchange | None = None
         body: RequestBody | None = None
@@ -303,12 +310,6 @@ class Proxy:
         """A client span for this upstream attempt, its context injected into `headers`."""
         if self._tracer is None:
             return nullcontext()
-        server_span = trace.get_current_span()
-        if server_span.is_recording():
-            # FastAPI's instrumentation named it by method only: it cannot see our routes.
-            server_span.update_name(f"{scope['method']} {route.prefix}")
-            server_span.set_attribute("http.route", route.prefix)
-            server_span.set_attribute("gateway.route", route.name)
         peer = self._peers[route.name]
         return _traced(self._tracer, scope["method"], route, url, headers, peer=peer)
 
@@ -415,9 +416,13 @@ async def _fail(
     outcome = _OUTCOME_OF.get(type(error))
     if outcome is not None and not counted:
         metrics.outcomes[outcome].inc()
-    span = trace.get_current_span()
-    if span.is_recording():
-        span.set_status(StatusCode.ERROR, error.detail)
+    if started and not isinstance(error, ClientGone):
+        # The server span saw a good status go out; only this knows the body was cut.
+        # Before that, the problem's status decides (5xx: ERROR), and a client gone is
+        # not the server's error.
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_status(StatusCode.ERROR, error.detail)
     if isinstance(error, ClientGone):
         logger.info("client went away", extra={"route": route.name, "reason": error.detail})
         return

@@ -42,7 +42,7 @@ class JsonFormatter(logging.Formatter):
         if cached is not None and cached[0] is self:
             return str(cached[1])
         line = self._format(record)
-        record._servicekit_json = (self, line)  # type: ignore[attr-defined]
+        record._servicekit_json = (self, line)
         return line
 
     def _format(self, record: logging.LogRecord) -> str:

@@ -199,5 +199,5 @@ def pin_worker_pid() -> bool:
     if directory is None or any(directory.glob(f"*_{os.getppid()}.db")):
         return False
     pid = os.getpid()
-    values.ValueClass = values.MultiProcessValue(process_identifier=lambda: pid)
+    values.ValueClass = values.MultiProcessValue(process_identifier=lambda: pid)  # type: ignore[no-untyped-call]
     return True

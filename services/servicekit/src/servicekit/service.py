@@ -6,11 +6,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI
-from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Tracer
 from prometheus_client import CollectorRegistry
 from starlette.middleware import Middleware
 from starlette.responses import Response
+from starlette.types import ASGIApp
 
 from servicekit.health import HealthState, health_router
 from servicekit.logs import configure_logging
@@ -24,11 +25,26 @@ from servicekit.metrics import (
 from servicekit.middleware import AccessLogMiddleware, RequestIdMiddleware
 from servicekit.policy import attach_policy, server_policy
 from servicekit.problem import install_problem_handlers
+from servicekit.server_span import ServerSpanMiddleware
 from servicekit.settings import ServiceSettings
-from servicekit.tracing import UNTRACED_PATHS, current_tracer_provider
+from servicekit.tracing import current_tracer_provider
 
-# The instrumentation matches these against the full URL.
-_UNTRACED_URLS = ",".join(rf"^https?://[^/]+{path}(\?.*)?$" for path in UNTRACED_PATHS)
+
+class ServiceApp(FastAPI):
+    """FastAPI with, when tracing, the SERVER span middleware around its whole stack.
+
+    Outermost, outside Starlette's `ServerErrorMiddleware`, which a `middleware=` entry
+    cannot be: so the span sees the 500 sent for an unhandled exception, and everything
+    logged while serving carries the span's ids.
+    """
+
+    server_span_tracer: Tracer | None = None
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        if self.server_span_tracer is None:
+            return stack
+        return ServerSpanMiddleware(stack, tracer=self.server_span_tracer)
 
 
 def new_service_app(
@@ -62,7 +78,7 @@ def new_service_app(
     if settings.access_log:
         outer.append(Middleware(AccessLogMiddleware))
     outer.append(Middleware(MetricsMiddleware, metrics=HttpServerMetrics(registry)))
-    app = FastAPI(
+    app = ServiceApp(
         # FastAPI's own OpenTelemetry integration would trace and count every request a
         # second time, through the global providers; servicekit does both explicitly.
         telemetry={"tracing": False, "metrics": False, "logs": False},
@@ -79,12 +95,8 @@ def new_service_app(
     _add_metrics_endpoint(app, registry)
     tracer_provider = tracer_provider or current_tracer_provider()
     if tracer_provider is not None:
-        FastAPIInstrumentor.instrument_app(
-            app,
-            tracer_provider=tracer_provider,
-            excluded_urls=_UNTRACED_URLS,
-            exclude_spans=["receive", "send"],
-        )
+        # Probes and scrapes (UNTRACED_PATHS) get no span; see servicekit.server_span.
+        app.server_span_tracer = tracer_provider.get_tracer("servicekit.server_span")
     return app
 
 
