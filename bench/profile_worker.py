@@ -50,11 +50,12 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "gateway/metrics.py",
         ),
     ),
-    ("tracing (OpenTelemetry SDK + instrumentation)", ("/opentelemetry/",)),
+    ("tracing (OpenTelemetry SDK, server span)", ("/opentelemetry/", "servicekit/server_span.py")),
     ("request id + access-log middleware", ("servicekit/middleware.py", "/uuid.py")),
     ("gateway: headers", ("gateway/headers.py",)),
     ("gateway: path normalise + route match", ("gateway/paths.py", "gateway/routing.py")),
     ("gateway: dispatcher + proxy", ("gateway/dispatcher.py", "gateway/proxy.py")),
+    ("gateway: HTTP/1.1 upstream client (+ httptools)", ("gateway/h1_", "gateway/upstream_h1")),
     ("gateway: upstream client seam", ("gateway/upstream",)),
     ("aiohttp client (+ yarl, multidict)", ("/aiohttp/", "/yarl/", "/multidict/")),
     # httpcore retrying `import sniffio` where it is not installed.

@@ -28,6 +28,7 @@ from gateway.routing import RouteTable, load_route_table
 from gateway.settings import Settings
 from gateway.upstream import UpstreamClient
 from gateway.upstream_aiohttp import AiohttpUpstream
+from gateway.upstream_h1 import H1Upstream
 from gateway.upstream_httpx import HttpxUpstream
 from servicekit.health import HealthState
 from servicekit.metrics import new_registry
@@ -52,7 +53,8 @@ def create_app(
     """Build the gateway. Reads the environment only when `settings` is None.
 
     With `transport`, upstream calls go through an httpx client on that transport (the
-    test seam); without it, through the pooled aiohttp client used in production.
+    test seam); without it, through the client `settings.upstream_client` names: the
+    gateway's own HTTP/1.1 client, or aiohttp as the fallback.
     `registry` and `tracer_provider` default to a new registry and to the provider
     gunicorn's `post_fork` installed (none: tracing off).
     """
@@ -69,8 +71,13 @@ def create_app(
         upstream: UpstreamClient
         if transport is not None:
             upstream = HttpxUpstream(httpx.AsyncClient(transport=transport))
-        else:
+        elif settings.upstream_client == "aiohttp":
             upstream = AiohttpUpstream(
+                max_connections=settings.upstream_max_connections,
+                keepalive_seconds=settings.upstream_keepalive_seconds,
+            )
+        else:
+            upstream = H1Upstream(
                 max_connections=settings.upstream_max_connections,
                 keepalive_seconds=settings.upstream_keepalive_seconds,
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
@@ -15,6 +16,13 @@ class Settings(ServiceSettings):
 
     port: int = Field(default=8080, ge=1, le=65535)
     routes_file: Path = Field(description="the YAML route table")
+    upstream_client: Literal["h1", "aiohttp"] = Field(
+        default="h1",
+        description=(
+            "the HTTP client for upstream calls: h1 (the gateway's own HTTP/1.1 client) or "
+            "aiohttp (the fallback)"
+        ),
+    )
     upstream_max_connections: int = Field(
         default=1000,
         ge=1,

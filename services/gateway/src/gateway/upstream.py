@@ -1,14 +1,19 @@
 """The seam between the proxy and whatever HTTP client talks to upstreams.
 
-The proxy depends only on `UpstreamClient`. Production uses `AiohttpUpstream` (the
-benchmark in bench/ measured it an order of magnitude cheaper per request than httpx
-on this path); tests, and anyone who prefers httpx, use `HttpxUpstream`, whose
-transport is the usual httpx test seam (`MockTransport`, `ASGITransport`).
+The proxy depends only on `UpstreamClient`. Production uses `H1Upstream` by default
+(`upstream_h1`): an HTTP/1.1 client on asyncio and httptools that does only what a proxy
+needs. aiohttp's per-request machinery had been about a third of a worker's CPU; this
+client costs about a third of aiohttp's per request (in-process micro-benchmark,
+keep-alive, small bodies). `AiohttpUpstream` stays as the fallback (GATEWAY_UPSTREAM_CLIENT=aiohttp;
+bench/ measured it an order of magnitude cheaper per request than httpx on this path).
+Tests, and anyone who prefers httpx, use `HttpxUpstream`, whose transport is the usual
+httpx test seam (`MockTransport`, `ASGITransport`). test_upstream_clients.py holds both
+production clients to one contract.
 
 Implementations raise only `gateway.errors.UpstreamError` subclasses, from `send` and
 from `iter_body`, and on leaving `send`'s context they either return the connection to
-the pool (body read to the end) or close it (anything else), so an abandoned response
-can never pin a pooled connection.
+the pool (the whole response arrived, the request went out whole) or close it (anything
+else), so an abandoned response can never pin a pooled connection.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""The production upstream client against a real aiohttp server on 127.0.0.1."""
+"""The contract every production upstream client keeps, against a real aiohttp server.
+
+Each test runs against both clients: `H1Upstream` (the default) and `AiohttpUpstream`
+(the fallback). What only the h1 client does is tested in test_upstream_h1.py.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +19,11 @@ from gateway.errors import BodyTooLarge, UpstreamBroken, UpstreamTimeout, Upstre
 from gateway.routing import Timeouts
 from gateway.upstream import Body, UpstreamRequest
 from gateway.upstream_aiohttp import AiohttpUpstream
+from gateway.upstream_h1 import H1Upstream
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Serve = Callable[[Handler], Awaitable[TestServer]]
+Upstream = AiohttpUpstream | H1Upstream
 
 # Generous enough for a loaded CI machine; every wait below is bounded by one of these.
 TIMEOUTS = Timeouts(connect=2, read=5, total=10)
@@ -42,9 +48,13 @@ async def serve() -> AsyncIterator[Serve]:
         await server.close()
 
 
-@pytest.fixture
-async def upstream() -> AsyncIterator[AiohttpUpstream]:
-    client = AiohttpUpstream(max_connections=10, keepalive_seconds=15)
+@pytest.fixture(params=["h1", "aiohttp"])
+async def upstream(request: pytest.FixtureRequest) -> AsyncIterator[Upstream]:
+    client: Upstream
+    if request.param == "h1":
+        client = H1Upstream(max_connections=10, keepalive_seconds=15)
+    else:
+        client = AiohttpUpstream(max_connections=10, keepalive_seconds=15)
     yield client
     await client.aclose()
 
@@ -61,17 +71,21 @@ def request(
     return UpstreamRequest(method, str(server.make_url(path)), headers or [], body, timeouts)
 
 
-def acquired(upstream: AiohttpUpstream) -> int:
+def acquired(upstream: Upstream) -> int:
     """Connections currently checked out of the pool."""
+    if isinstance(upstream, H1Upstream):
+        return upstream.pool.open_count - upstream.pool.idle_count
     return len(upstream.connector._acquired)  # type: ignore[attr-defined]
 
 
-def pooled(upstream: AiohttpUpstream) -> int:
+def pooled(upstream: Upstream) -> int:
     """Idle keep-alive connections waiting in the pool."""
+    if isinstance(upstream, H1Upstream):
+        return upstream.pool.idle_count
     return sum(len(c) for c in upstream.connector._conns.values())  # type: ignore[attr-defined]
 
 
-async def read_all(upstream: AiohttpUpstream, req: UpstreamRequest) -> tuple[int, bytes]:
+async def read_all(upstream: Upstream, req: UpstreamRequest) -> tuple[int, bytes]:
     async with upstream.send(req) as response:
         return response.status, b"".join([c async for c in response.iter_body()])
 
@@ -80,7 +94,7 @@ async def read_all(upstream: AiohttpUpstream, req: UpstreamRequest) -> tuple[int
 
 
 async def test_sends_method_path_headers_and_body_as_given(
-    serve: Serve, upstream: AiohttpUpstream
+    serve: Serve, upstream: Upstream
 ) -> None:
     seen: dict[str, object] = {}
 
@@ -115,7 +129,7 @@ async def test_sends_method_path_headers_and_body_as_given(
     assert set(headers) == {"host", "x-custom", "x-request-id", "content-length"}
 
 
-async def test_the_request_body_is_streamed(serve: Serve, upstream: AiohttpUpstream) -> None:
+async def test_the_request_body_is_streamed(serve: Serve, upstream: Upstream) -> None:
     first_arrived = asyncio.Event()
     received: list[bytes] = []
 
@@ -137,9 +151,7 @@ async def test_the_request_body_is_streamed(serve: Serve, upstream: AiohttpUpstr
     assert b"".join(received) == b"firstsecond"
 
 
-async def test_a_streamed_body_keeps_its_content_length(
-    serve: Serve, upstream: AiohttpUpstream
-) -> None:
+async def test_a_streamed_body_keeps_its_content_length(serve: Serve, upstream: Upstream) -> None:
     async def handler(request: web.Request) -> web.Response:
         body = await request.read()
         framing = (
@@ -160,7 +172,7 @@ async def test_a_streamed_body_keeps_its_content_length(
 
 
 async def test_a_request_body_that_fails_stops_the_request(
-    serve: Serve, upstream: AiohttpUpstream
+    serve: Serve, upstream: Upstream
 ) -> None:
     async def handler(request: web.Request) -> web.Response:
         await request.read()
@@ -183,7 +195,7 @@ async def test_a_request_body_that_fails_stops_the_request(
 # --- what comes back -------------------------------------------------------------------
 
 
-async def test_the_response_body_is_streamed(serve: Serve, upstream: AiohttpUpstream) -> None:
+async def test_the_response_body_is_streamed(serve: Serve, upstream: Upstream) -> None:
     first_read = asyncio.Event()
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -203,7 +215,7 @@ async def test_the_response_body_is_streamed(serve: Serve, upstream: AiohttpUpst
         assert b"".join([c async for c in chunks]) == b"second"
 
 
-async def test_gzip_passes_through_undecoded(serve: Serve, upstream: AiohttpUpstream) -> None:
+async def test_gzip_passes_through_undecoded(serve: Serve, upstream: Upstream) -> None:
     compressed = gzip.compress(b"hello " * 1000)
 
     async def handler(request: web.Request) -> web.Response:
@@ -220,7 +232,7 @@ async def test_gzip_passes_through_undecoded(serve: Serve, upstream: AiohttpUpst
 
 @pytest.mark.parametrize("status", [201, 302, 404, 503])
 async def test_any_status_is_a_response_not_an_error(
-    serve: Serve, upstream: AiohttpUpstream, status: int
+    serve: Serve, upstream: Upstream, status: int
 ) -> None:
     async def handler(request: web.Request) -> web.Response:
         return web.Response(status=status, text="from upstream", headers={"Location": "/x"})
@@ -229,7 +241,7 @@ async def test_any_status_is_a_response_not_an_error(
     assert await read_all(upstream, request(server)) == (status, b"from upstream")
 
 
-async def test_raw_headers_keep_repeats(serve: Serve, upstream: AiohttpUpstream) -> None:
+async def test_raw_headers_keep_repeats(serve: Serve, upstream: Upstream) -> None:
     async def handler(request: web.Request) -> web.Response:
         response = web.Response(text="ok")
         response.headers.add("Set-Cookie", "a=1")
@@ -252,7 +264,7 @@ def unused_port() -> int:
     return port
 
 
-async def test_connection_refused_is_unreachable(upstream: AiohttpUpstream) -> None:
+async def test_connection_refused_is_unreachable(upstream: Upstream) -> None:
     url = f"http://127.0.0.1:{unused_port()}/"
     with pytest.raises(UpstreamUnreachable) as caught:
         async with upstream.send(UpstreamRequest("GET", url, [], None, TIMEOUTS)):
@@ -260,7 +272,7 @@ async def test_connection_refused_is_unreachable(upstream: AiohttpUpstream) -> N
     assert caught.value.status == 502
 
 
-async def test_slow_headers_time_out(serve: Serve, upstream: AiohttpUpstream) -> None:
+async def test_slow_headers_time_out(serve: Serve, upstream: Upstream) -> None:
     release = asyncio.Event()
 
     async def handler(request: web.Request) -> web.Response:
@@ -278,7 +290,7 @@ async def test_slow_headers_time_out(serve: Serve, upstream: AiohttpUpstream) ->
     assert acquired(upstream) == 0
 
 
-async def test_a_stalled_body_times_out(serve: Serve, upstream: AiohttpUpstream) -> None:
+async def test_a_stalled_body_times_out(serve: Serve, upstream: Upstream) -> None:
     release = asyncio.Event()
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -297,7 +309,7 @@ async def test_a_stalled_body_times_out(serve: Serve, upstream: AiohttpUpstream)
         release.set()
 
 
-async def test_a_body_cut_short_is_broken(serve: Serve, upstream: AiohttpUpstream) -> None:
+async def test_a_body_cut_short_is_broken(serve: Serve, upstream: Upstream) -> None:
     async def handler(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Length": "100"})
         await response.prepare(request)
@@ -315,7 +327,7 @@ async def test_a_body_cut_short_is_broken(serve: Serve, upstream: AiohttpUpstrea
 
 
 async def test_a_response_read_to_the_end_returns_to_the_pool(
-    serve: Serve, upstream: AiohttpUpstream
+    serve: Serve, upstream: Upstream
 ) -> None:
     peers: list[object] = []
 
@@ -334,7 +346,7 @@ async def test_a_response_read_to_the_end_returns_to_the_pool(
 
 
 async def test_an_abandoned_response_closes_its_connection(
-    serve: Serve, upstream: AiohttpUpstream
+    serve: Serve, upstream: Upstream
 ) -> None:
     release = asyncio.Event()
 
@@ -359,7 +371,7 @@ async def test_an_abandoned_response_closes_its_connection(
 
 
 async def test_an_error_inside_the_context_closes_the_connection(
-    serve: Serve, upstream: AiohttpUpstream
+    serve: Serve, upstream: Upstream
 ) -> None:
     release = asyncio.Event()
 
