@@ -11,6 +11,7 @@ import datetime
 import ipaddress
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from gateway.h1_connection import HIGH_WATER, H1Connection
+from gateway.h1_connection import HIGH_WATER, MAX_HEAD_BYTES, MAX_HEAD_FIELDS, H1Connection
 from gateway.h1_request import encode_head, split_url
 from gateway.routing import Timeouts
 from gateway.settings import Settings
@@ -378,6 +379,41 @@ async def test_a_malformed_response_is_broken(
     with pytest.raises(UpstreamBroken):
         await exchange(upstream, get(up))
     assert upstream.pool.open_count == 0
+
+
+async def test_a_head_that_never_ends_is_refused(raw: Serve, upstream: H1Upstream) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Raw) -> None:
+        await read_request(reader, up)
+        writer.write(b"HTTP/1.1 200 OK\r\nx-endless: ")
+        with suppress(ConnectionError):
+            for _ in range(64):  # 4 MiB of one header value, unless cut off first
+                writer.write(b"a" * 65536)
+                await writer.drain()
+        await reader.read()
+
+    up = await raw(script)
+    with pytest.raises(UpstreamBroken, match="head exceeds"):
+        await exchange(upstream, get(up))
+    assert upstream.pool.open_count == 0
+
+
+async def test_too_many_header_fields_are_refused(raw: Serve, upstream: H1Upstream) -> None:
+    fields = b"".join(b"x-f%d: v\r\n" % i for i in range(MAX_HEAD_FIELDS + 1))
+    up = await raw(answer(b"HTTP/1.1 200 OK\r\n" + fields + b"content-length: 2\r\n\r\nok"))
+    with pytest.raises(UpstreamBroken, match="header fields"):
+        await exchange(upstream, get(up))
+    assert upstream.pool.open_count == 0
+
+
+async def test_a_large_head_within_the_limits_passes(raw: Serve, upstream: H1Upstream) -> None:
+    value = b"v" * 1000
+    count = (MAX_HEAD_BYTES - 1024) // (len(value) + 12)
+    assert count < MAX_HEAD_FIELDS
+    fields = b"".join(b"x-f%03d: %s\r\n" % (i, value) for i in range(count))
+    body = b"b" * 300_000  # arrives with the head's end in one piece or several
+    response = b"HTTP/1.1 200 OK\r\n" + fields + b"content-length: %d\r\n\r\n" % len(body)
+    up = await raw(answer(response + body))
+    assert await exchange(upstream, get(up)) == (200, body)
 
 
 async def test_a_second_response_to_one_request_closes_the_connection(

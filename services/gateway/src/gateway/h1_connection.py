@@ -31,6 +31,11 @@ if TYPE_CHECKING:
 
 # Body bytes held for the caller before the socket is no longer read.
 HIGH_WATER = 256 * 1024
+# A response head larger than this, or with more fields, is refused (nginx's defaults
+# for proxied response heads are smaller): an upstream that never ends its head must
+# not grow the worker's memory.
+MAX_HEAD_BYTES = 64 * 1024
+MAX_HEAD_FIELDS = 256
 # A timer that fires this much before its deadline counts as on time (loop resolution).
 _EARLY = 0.001
 
@@ -60,6 +65,7 @@ class H1Connection(asyncio.Protocol):
         self.done = False
         self.error: UpstreamError | None = None
         self.got_bytes = False
+        self._head_bytes = 0
         self.keep_alive = False
         self.body_sent = True
         self._stray = False  # bytes that belong to no response: never reuse
@@ -81,6 +87,7 @@ class H1Connection(asyncio.Protocol):
         self._head_only = head_only
         self.status = 0
         self.headers = []
+        self._head_bytes = 0
         self.head_done = self.done = self.got_bytes = self.keep_alive = False
         self.body_sent = True
         self._read_timeout = read_timeout
@@ -194,6 +201,14 @@ class H1Connection(asyncio.Protocol):
             self.close()
             return
         self.got_bytes = True
+        if not self.head_done:
+            # Everything fed before this piece was head (it has not ended yet).
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self.fail(
+                    UpstreamBroken(f"the upstream's response head exceeds {MAX_HEAD_BYTES} bytes")
+                )
+                return
+            self._head_bytes += len(data)
         try:
             parser.feed_data(data)
         except HttpParserError as exc:
@@ -244,7 +259,12 @@ class H1Connection(asyncio.Protocol):
             self._stray = True  # a second response to one request
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        headers = self.headers
+        if len(headers) >= MAX_HEAD_FIELDS:
+            raise UpstreamBroken(
+                f"the upstream's response has over {MAX_HEAD_FIELDS} header fields"
+            )
+        headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         parser = self._parser
