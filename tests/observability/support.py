@@ -12,6 +12,7 @@ import gzip
 import json
 import os
 import shutil
+import socket
 import subprocess
 import threading
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -29,6 +31,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 from tests.harness.loopback_server import LoopbackServer, QuietHandler
 from tests.harness.processes import (
+    ROOT,
     START_TIMEOUT,
     Service,
     free_port,
@@ -145,12 +148,44 @@ class OtlpReceiver(LoopbackServer):
 # --------------------------------------------------------------------------- the stack
 
 
+# The gateway runs the demo route table plus the suite's own routes (see routes.yaml).
+DEMO_ROUTES_FILE = ROOT / "services/gateway/routes.yaml"
+OWN_ROUTES_FILE = Path(__file__).with_name("routes.yaml")
+
+
+def write_route_table(path: Path) -> Path:
+    """The demo routes, unchanged, followed by the suite's own, as one route file."""
+    demo = yaml.safe_load(DEMO_ROUTES_FILE.read_text(encoding="utf-8"))
+    own = yaml.safe_load(OWN_ROUTES_FILE.read_text(encoding="utf-8"))
+    table = {**demo, "routes": [*demo["routes"], *own["routes"]]}
+    path.write_text(yaml.safe_dump(table, sort_keys=False), encoding="utf-8")
+    return path
+
+
+class RefusedPort:
+    """A loopback port that refuses every connection while this is open.
+
+    The socket is bound but never listens, so a connect gets a reset at once (the
+    fastest connect error there is) and no other process can take the port meanwhile.
+    """
+
+    def __init__(self) -> None:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = int(self._sock.getsockname()[1])
+
+    def close(self) -> None:
+        self._sock.close()
+
+
 @dataclass
 class Stack:
     receiver: OtlpReceiver
     gateway: Service
     mock: Service
     workdir: Path
+    routes_file: Path  # what the gateway runs: write_route_table's output
+    dead_upstream: str  # the origin of the `tripping` route: nothing ever answers there
 
 
 # --------------------------------------------------------------------------- Prometheus

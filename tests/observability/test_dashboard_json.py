@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from gateway.breaker import STATE_VALUE
+
 from .dashboards import (
     BUILTIN_VALUES,
     DASHBOARD_DIR,
@@ -196,6 +198,17 @@ def _used(path: Path) -> set[str]:
     return {name for target in targets(path) for name in metric_names(target.expr)}
 
 
+# The gateway's policy metrics (README, "Metrics"), each shown in the Resilience row.
+RESILIENCE_METRICS = {
+    "gateway_upstream_retries_total",
+    "gateway_retry_budget_exhausted_total",
+    "gateway_circuit_state",
+    "gateway_circuit_transitions_total",
+    "gateway_ratelimit_decisions_total",
+    "gateway_ratelimit_backend_errors_total",
+}
+
+
 def test_gateway_dashboard_covers_the_issue() -> None:
     path = DASHBOARD_DIR / "gateway-overview.json"
     assert _used(path) >= {
@@ -209,10 +222,71 @@ def test_gateway_dashboard_covers_the_issue() -> None:
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
         "process_open_fds",
+        *RESILIENCE_METRICS,
     }
     text = " ".join(t.expr for t in targets(path))
     for quantile in ("0.5", "0.95", "0.99"):
         assert f"histogram_quantile({quantile}, sum by (le, route)" in text
+
+
+def _rows(dashboard: dict[str, Any]) -> dict[int, str]:
+    """Panel id -> the title of the row it sits under (by position, as Grafana shows it)."""
+    panels = list(all_panels(dashboard))
+    rows = sorted((p["gridPos"]["y"], p["title"]) for p in panels if p["type"] == "row")
+    found = {}
+    for panel in panels:
+        if panel["type"] != "row":
+            above = [title for y, title in rows if y <= panel["gridPos"]["y"]]
+            found[panel["id"]] = above[-1] if above else ""
+    return found
+
+
+def test_resilience_row_shows_every_policy_metric() -> None:
+    path = DASHBOARD_DIR / "gateway-overview.json"
+    rows = _rows(load(path))
+    shown = {
+        name
+        for target in targets(path)
+        if rows.get(target.panel_id) == "Resilience"
+        for name in metric_names(target.expr)
+    }
+    assert shown >= RESILIENCE_METRICS, sorted(RESILIENCE_METRICS - shown)
+    text = " ".join(t.expr for t in targets(path) if rows.get(t.panel_id) == "Resilience")
+    for grouping in ("(route, reason)", "(upstream, to)", "(route, decision)", "(route, policy)"):
+        assert f"sum by {grouping} (rate(" in text, grouping
+    assert 'decision="limited"' in text, "no limited share"
+
+
+def test_circuit_state_panel_names_the_breaker_states() -> None:
+    """The worst worker's state per upstream, with the gateway's own encoding as text."""
+    dashboard = load(DASHBOARD_DIR / "gateway-overview.json")
+    panels = [
+        panel
+        for panel in all_panels(dashboard)
+        if any(
+            "gateway_circuit_state" in metric_names(t.get("expr", ""))
+            for t in panel.get("targets", [])
+        )
+    ]
+    assert panels, "no panel shows gateway_circuit_state"
+    for panel in panels:
+        where = f"panel {panel['id']} {panel['title']!r}"
+        assert panel["type"] in ("state-timeline", "stat"), where
+        for target in panel["targets"]:
+            # max over workers (pid) and instances: the worst state, since open > half-open.
+            assert target["expr"].startswith("max by (upstream) (gateway_circuit_state{"), where
+        defaults = panel["fieldConfig"]["defaults"]
+        texts = {
+            value: option["text"]
+            for mapping in defaults["mappings"]
+            if mapping["type"] == "value"
+            for value, option in mapping["options"].items()
+        }
+        assert texts == {
+            str(number): state.value.replace("_", "-") for state, number in STATE_VALUE.items()
+        }, where
+        worst = max(STATE_VALUE, key=STATE_VALUE.__getitem__)
+        assert worst.value == "open", "max() over workers must pick open"
 
 
 def test_mock_dashboard_covers_the_issue() -> None:

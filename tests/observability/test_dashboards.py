@@ -6,6 +6,11 @@ uses (`gateway`, `downstream-mock`) and without Kubernetes labels, so each query
 that includes every kind of error the dashboards show, each panel query, with its
 template variables set as the dashboard opens, must succeed and return at least one
 series. A query naming a metric the services do not export fails.
+
+The traffic also goes through the suite's own routes (routes.yaml), so that the
+Resilience row has something to show: retries until the retry budget refuses more, a
+breaker that opens on an upstream that refuses connections, a rate limit that allows and
+limits, and a Redis rate limit whose Redis is down, failing open and failing closed.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from tests.harness.processes import wait_for
 from tests.harness.scrape import Scrape, scrape
 
 from .dashboards import (
+    DASHBOARD_DIR,
     EXPECTED,
     dashboard_files,
     load,
@@ -109,11 +115,16 @@ def drive_traffic(stack: Stack) -> None:
             response = client.request(method, path, content=content)
             assert response.status_code == status, f"{method} {path}: {response.status_code}"
             sent += 1
+        sent += drive_resilience_traffic(client)
     wait_for(
         "the gateway to count the traffic",
         lambda: _server_requests(scrape(stack.gateway)) == gw_before + sent,
         timeout=10,
     )
+    missing = [
+        what for what, seen in resilience_seen(stack, scrape(stack.gateway)).items() if not seen
+    ]
+    assert not missing, f"the gateway did not count: {missing}"
     wait_for(
         "the mock to count its 503s",
         lambda: (
@@ -124,6 +135,63 @@ def drive_traffic(stack: Stack) -> None:
         ),
         timeout=10,
     )
+
+
+def drive_resilience_traffic(client: httpx.Client) -> int:
+    """Requests to the suite's own routes (routes.yaml); returns how many were sent.
+
+    Retry budgets, breakers and memory buckets are per gunicorn worker, and which worker
+    a request reaches is not ours to choose, so where the answer depends on it the
+    checks hold for any split over the 2 workers.
+    """
+    plan = {
+        "/retrying/status/503": 6,
+        "/tripping/x": 6,
+        "/limited/echo": 8,
+        "/redis-fail-open/echo": 2,
+        "/redis-fail-closed/echo": 2,
+    }
+    got = {path: [client.get(path).status_code for _ in range(n)] for path, n in plan.items()}
+    # The mock's 503, after 2 retries or after the budget (2 per worker) refused one.
+    assert got["/retrying/status/503"] == [503] * 6, got
+    # Connect errors (502) until a worker's breaker has seen 2 in a row, then refusals
+    # (503): one worker gets at least 3 of the 6 requests.
+    tripping = got["/tripping/x"]
+    assert set(tripping) <= {502, 503}, got
+    assert tripping[:2] == [502, 502], got
+    assert 503 in tripping, got
+    # A bucket of 2 per worker that refills once in 10 s: at most 5 of 8 allowed.
+    limited = got["/limited/echo"]
+    assert set(limited) <= {200, 429}, got
+    assert limited[0] == 200, got
+    assert limited.count(429) >= 3, got
+    # Redis refuses connections: fail open lets requests through, fail closed answers 503.
+    assert got["/redis-fail-open/echo"] == [200, 200], got
+    assert got["/redis-fail-closed/echo"] == [503, 503], got
+    return sum(plan.values())
+
+
+def resilience_seen(stack: Stack, s: Scrape) -> dict[str, bool]:
+    """Whether the gateway counted what drive_resilience_traffic must have caused."""
+    mock, dead = stack.mock.url, stack.dead_upstream
+    retries = s.by_label("gateway_upstream_retries_total", "reason", route="retrying")
+    states = s.by_label("gateway_circuit_state", "pid", upstream=dead)  # per worker
+    opened = s.value("gateway_circuit_transitions_total", upstream=dead, to="open")
+    decisions = s.by_label("gateway_ratelimit_decisions_total", "decision", route="limited")
+    redis_errors = "gateway_ratelimit_backend_errors_total"
+    return {
+        "retries on 503": retries.get("status_503", 0) >= 1,
+        "retry budget exhausted": s.value("gateway_retry_budget_exhausted_total", upstream=mock)
+        >= 1,
+        "a worker's breaker open (2)": 2 in states.values(),
+        "a transition to open": opened >= 1,
+        "rate limit allowed": decisions.get("allowed", 0) >= 1,
+        "rate limit limited": decisions.get("limited", 0) >= 3,
+        "redis errors, let through": s.value(redis_errors, route="redis-fail-open", policy="allow")
+        == 2,
+        "redis errors, refused": s.value(redis_errors, route="redis-fail-closed", policy="deny")
+        == 2,
+    }
 
 
 def wait_for_scrapes(prometheus: Prometheus, since: float, count: int = 2) -> None:
@@ -230,3 +298,55 @@ def test_dashboard_metrics_are_exported(stack: Stack, after_traffic: Prometheus 
     used_families = {exported[metric] for metric in used}
     unused = sorted(set(families) - used_families)
     print(f"\nexported families no dashboard uses: {unused or 'none'}")
+
+
+def _panel_query(path: Path, metric: str, *, extra: str = "") -> str:
+    """The one panel query that reads `metric` (and contains `extra`), variables set."""
+    found = [t for t in targets(path) if metric in metric_names(t.expr) and extra in t.expr]
+    assert len(found) == 1, f"{metric}: {[(t.panel, t.expr) for t in found]}"
+    return substitute(found[0].expr, variable_values(load(path)))
+
+
+def test_resilience_panels_show_what_the_traffic_did(
+    stack: Stack, after_traffic: Prometheus | None
+) -> None:
+    """Not just some series: the open breaker, the refusals and the limits themselves.
+
+    The counters here are exported at 0 from start-up, so Prometheus saw them before the
+    traffic and their rates are above 0. (Retries are counted from the first one only, so
+    their first sample already holds the total: the series is there, its rate may be 0.)
+    """
+    prometheus = require(after_traffic)
+    path = DASHBOARD_DIR / "gateway-overview.json"
+
+    def values(expr: str, label: str) -> dict[str, float]:
+        answer = prometheus.query(expr)
+        assert answer.get("status") == "success", answer
+        return {
+            ",".join(s["metric"].get(part, "") for part in label.split(",")): float(s["value"][1])
+            for s in answer["data"]["result"]
+        }
+
+    mock, dead = stack.mock.url, stack.dead_upstream
+    state = values(_panel_query(path, "gateway_circuit_state"), "upstream")
+    assert state[dead] == 2, f"the worst worker's breaker should read open (2): {state}"
+    opened = values(_panel_query(path, "gateway_circuit_transitions_total"), "upstream,to")
+    assert opened[f"{dead},open"] > 0, opened
+    exhausted = values(_panel_query(path, "gateway_retry_budget_exhausted_total"), "upstream")
+    assert exhausted[mock] > 0, exhausted
+    retries = values(_panel_query(path, "gateway_upstream_retries_total"), "route,reason")
+    assert "retrying,status_503" in retries, retries
+    decisions = values(
+        _panel_query(path, "gateway_ratelimit_decisions_total", extra="decision)"),
+        "route,decision",
+    )
+    assert decisions["limited,allowed"] > 0, decisions
+    assert decisions["limited,limited"] > 0, decisions
+    share = values(
+        _panel_query(path, "gateway_ratelimit_decisions_total", extra='decision="limited"'),
+        "route",
+    )
+    assert 0 < share["limited"] < 1, share
+    errors = values(_panel_query(path, "gateway_ratelimit_backend_errors_total"), "route,policy")
+    assert errors["redis-fail-open,allow"] > 0, errors
+    assert errors["redis-fail-closed,deny"] > 0, errors

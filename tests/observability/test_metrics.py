@@ -19,7 +19,7 @@ import httpx
 import pytest
 import yaml
 from tests.harness.pinning import Pinned, PinnedConnection, pin_workers
-from tests.harness.processes import ROOT, WORKERS, Service, wait_for
+from tests.harness.processes import WORKERS, Service, wait_for
 from tests.harness.scrape import Scrape, scrape
 
 from .support import Stack
@@ -189,7 +189,7 @@ def test_labels_are_route_templates_never_raw_paths(stack: Stack) -> None:
 
     # Every route label is a template the service declares (or `unmatched`).
     mock_allowed = _openapi_templates(stack.mock) | {"unmatched"}
-    route_table = yaml.safe_load((ROOT / "services/gateway/routes.yaml").read_text())
+    route_table = yaml.safe_load(stack.routes_file.read_text())
     gateway_allowed = (
         {route["name"] for route in route_table["routes"]}
         | _openapi_templates(stack.gateway)
