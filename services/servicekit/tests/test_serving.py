@@ -4,6 +4,8 @@ import json
 import logging
 import logging.config
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,3 +111,20 @@ def test_the_master_logs_json(capsys: pytest.CaptureFixture[str]) -> None:
     logging.getLogger("gunicorn.error").info("Booting worker")
     line = capsys.readouterr().out.splitlines()[-1]
     assert json.loads(line)["msg"] == "Booting worker"
+
+
+def test_start_up_objects_are_frozen_out_of_collections() -> None:
+    # In a fresh interpreter: this one's heap belongs to pytest.
+    code = (
+        "import gc\n"
+        "from servicekit.workers import freeze_startup_heap\n"
+        "before = gc.get_freeze_count()\n"
+        "freeze_startup_heap()\n"
+        "print(before, gc.get_freeze_count())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    before, frozen = result.stdout.split()
+    assert int(before) == 0
+    assert int(frozen) > 10_000  # the imported modules' objects, at least

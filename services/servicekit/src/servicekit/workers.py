@@ -8,6 +8,7 @@ drain delay, head limits) from the loaded app, and serves it with a `DrainingSer
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -47,9 +48,24 @@ class ServiceWorker(UvicornWorker):  # type: ignore[misc]
         server = DrainingServer(self.config, policy, graceful_timeout=self.cfg.graceful_timeout)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGQUIT, server.handle_exit, signal.SIGQUIT, None)
+        freeze_startup_heap()
         await server.serve(sockets=self.sockets)
         if not server.started:
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
+
+
+def freeze_startup_heap() -> None:
+    """Keep what start-up built out of every later garbage collection.
+
+    By now the worker has imported its modules and built its app: a large heap that
+    lives as long as the worker. Every full collection under load would walk all of it
+    again; profiled, the collector took a fifth of the downstream-mock's CPU. After one
+    last collection of start-up's garbage, `gc.freeze` moves the survivors to the
+    permanent generation, which collections skip (what the `gc` docs advise for servers
+    that fork; here the app is built after the fork, so it is frozen in the worker).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 class ProxyWorker(ServiceWorker):
