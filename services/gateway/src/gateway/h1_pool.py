@@ -125,9 +125,6 @@ class H1Pool:
         if self._sweeper is None:
             self._sweeper = conn.loop.call_at(now + self._keepalive, self._sweep)
 
-    def discard(self, conn: H1Connection) -> None:
-        conn.close()
-
     async def aclose(self) -> None:
         """Close every connection, idle or in use; waiting requests fail."""
         self._closed = True
