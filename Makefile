@@ -71,7 +71,7 @@ unit: install ## Fast in-process tests of every service
 	$(BIN)/pytest services -q
 
 .PHONY: e2e-local
-e2e-local: install ## tests/e2e against real gunicorn processes on loopback (2 workers each)
+e2e-local: install ## tests/e2e against real gunicorn processes on loopback (2 workers each; both upstream clients)
 	scripts/e2e-local.sh
 
 .PHONY: observability
