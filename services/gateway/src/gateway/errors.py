@@ -64,3 +64,9 @@ class UpstreamBroken(UpstreamError):
 class UpstreamTimeout(UpstreamError):
     status = 504
     slug = "upstream-timeout"
+
+
+def reason(exc: BaseException) -> str:
+    """A low-level error as one short line for a problem's detail (whitespace folded)."""
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.split())[:200]

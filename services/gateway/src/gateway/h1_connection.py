@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, cast
 
 from httptools import HttpParserError, HttpResponseParser
 
-from gateway.errors import UpstreamBroken, UpstreamError, UpstreamTimeout
+from gateway.errors import UpstreamBroken, UpstreamError, UpstreamTimeout, reason
 
 if TYPE_CHECKING:
     from gateway.h1_request import Origin
@@ -349,8 +349,3 @@ def _framed(headers: list[tuple[bytes, bytes]]) -> bool:
         if lower == b"transfer-encoding" and value.rstrip().lower().endswith(b"chunked"):
             return True
     return False
-
-
-def reason(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return " ".join(text.split())[:200]

@@ -18,8 +18,8 @@ import asyncio
 import ssl
 from collections import deque
 
-from gateway.errors import UpstreamTimeout, UpstreamUnreachable
-from gateway.h1_connection import H1Connection, reason
+from gateway.errors import UpstreamTimeout, UpstreamUnreachable, reason
+from gateway.h1_connection import H1Connection
 from gateway.h1_request import Origin
 
 

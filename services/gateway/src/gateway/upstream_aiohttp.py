@@ -9,7 +9,13 @@ from functools import lru_cache
 import aiohttp
 from yarl import URL
 
-from gateway.errors import UpstreamBroken, UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from gateway.errors import (
+    UpstreamBroken,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+    reason,
+)
 from gateway.routing import Timeouts
 from gateway.upstream import UpstreamRequest
 
@@ -39,7 +45,7 @@ class AiohttpResponse:
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamTimeout("the upstream stopped sending the body") from None
         except aiohttp.ClientError as exc:
-            raise UpstreamBroken(f"the upstream broke off the body: {_reason(exc)}") from None
+            raise UpstreamBroken(f"the upstream broke off the body: {reason(exc)}") from None
 
     @property
     def complete(self) -> bool:
@@ -88,9 +94,9 @@ class AiohttpUpstream:
         except (TimeoutError, aiohttp.ServerTimeoutError, aiohttp.ConnectionTimeoutError):
             raise UpstreamTimeout("the upstream did not answer in time") from None
         except aiohttp.ClientConnectorError as exc:
-            raise UpstreamUnreachable(f"cannot connect to the upstream: {_reason(exc)}") from None
+            raise UpstreamUnreachable(f"cannot connect to the upstream: {reason(exc)}") from None
         except aiohttp.ClientError as exc:
-            raise UpstreamBroken(f"the upstream connection failed: {_reason(exc)}") from None
+            raise UpstreamBroken(f"the upstream connection failed: {reason(exc)}") from None
         wrapped = AiohttpResponse(response)
         try:
             yield wrapped
@@ -111,8 +117,3 @@ def _client_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(
         total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read
     )
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return " ".join(text.split())[:200]

@@ -25,8 +25,8 @@ from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import suppress
 from types import TracebackType
 
-from gateway.errors import UpstreamBroken
-from gateway.h1_connection import H1Connection, reason
+from gateway.errors import UpstreamBroken, reason
+from gateway.h1_connection import H1Connection
 from gateway.h1_pool import H1Pool
 from gateway.h1_request import encode_head, split_url
 from gateway.upstream import UpstreamRequest

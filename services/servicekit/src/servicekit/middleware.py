@@ -45,14 +45,19 @@ def unanswered_status(scope: Scope) -> int:
     return int(scope.get(STATUS_SCOPE_KEY, 500))
 
 
+def route_template(scope: Scope) -> str | None:
+    """The path template of the FastAPI route that matched this request, if one did."""
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) else None
+
+
 def route_label(scope: Scope) -> str:
     """The route template that served this request; never the raw path."""
     label = scope.get(ROUTE_SCOPE_KEY)
     if label is not None:
         return str(label)
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    return path if isinstance(path, str) else UNMATCHED_ROUTE
+    template = route_template(scope)
+    return UNMATCHED_ROUTE if template is None else template
 
 
 class StatusRecorder:

@@ -31,7 +31,7 @@ from opentelemetry.trace import SpanKind, StatusCode, Tracer
 from opentelemetry.util.types import AttributeValue
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from servicekit.middleware import StatusRecorder
+from servicekit.middleware import StatusRecorder, route_template
 from servicekit.tracing import UNTRACED_PATHS
 
 # Set by a handler that serves a request outside FastAPI's routing, to the route
@@ -69,8 +69,7 @@ def http_route(scope: Scope) -> str | None:
     route = scope.get(HTTP_ROUTE_SCOPE_KEY)
     if route is not None:
         return str(route)
-    path = getattr(scope.get("route"), "path", None)
-    return path if isinstance(path, str) else None
+    return route_template(scope)
 
 
 def request_attributes(scope: Scope, method: str) -> dict[str, AttributeValue]:
